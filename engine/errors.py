@@ -1,0 +1,93 @@
+"""Errors the engine raises and the typed answers an exchange adapter gives.
+
+Every exchange failure is one of three kinds, because each demands a different next step:
+definitely not filled (the position may be retried after a fresh verification), unknown outcome
+(it may have filled: never resend, reconcile), and transient (nothing happened; try later).
+"""
+
+from __future__ import annotations
+
+from states.errors import InvalidValue, PermitError, TransitionRefused
+
+__all__ = [
+    "EngineClosed",
+    "ExchangeError",
+    "ExitRefused",
+    "InsufficientBalance",
+    "InvalidValue",
+    "NotFilled",
+    "OrderKilled",
+    "OrderRejected",
+    "PermitError",
+    "PositionConflict",
+    "TransientError",
+    "TransitionRefused",
+    "UnknownOutcome",
+    "UnknownPosition",
+]
+
+
+class UnknownPosition(KeyError):
+    def __init__(self, key: object) -> None:
+        self.key = key
+        super().__init__(key)
+
+    def __str__(self) -> str:
+        return f"position key={self.key!r}: not tracked by this engine"
+
+
+class PositionConflict(ValueError):
+    """A second live position for a key or token. The exchange holds one balance per token, so two
+    live positions on one token would each "verify" the other's shares and sell them."""
+
+
+class ExitRefused(RuntimeError):
+    """`exit()` on a position that is already finished (CLOSED, RECONCILED or DUST)."""
+
+    def __init__(self, key: str, state: str) -> None:
+        self.key = key
+        self.state = state
+        super().__init__(f"position key={key!r}: no exit from state {state}; the position is finished")
+
+
+class EngineClosed(RuntimeError):
+    """The engine is used outside its `async with` block."""
+
+
+class ExchangeError(Exception):
+    """Base of every typed answer from an exchange adapter."""
+
+    definitely_not_filled: bool = False
+    """True only when the exchange guarantees that no shares changed hands."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class NotFilled(ExchangeError):
+    """The exchange said no: nothing was sold."""
+
+    definitely_not_filled = True
+
+
+class OrderKilled(NotFilled):
+    """FOK could not be filled completely at the limit, so it was killed."""
+
+
+class InsufficientBalance(NotFilled):
+    """The exchange refused a sell above the balance: our verified figure and the exchange disagree."""
+
+
+class OrderRejected(NotFilled):
+    """Refused as malformed: price off tick, size below minimum or off step, duplicate, etc."""
+
+
+class TransientError(ExchangeError):
+    """Rate limited, engine restarting or paused: the request was not processed."""
+
+    definitely_not_filled = True
+
+
+class UnknownOutcome(ExchangeError):
+    """The order may or may not have executed (timeout, dropped connection, lost response)."""

@@ -1,0 +1,63 @@
+"""The exchange port: what the engine needs from an exchange, and the values it gets back.
+
+Adapters (the paper exchange, the Polymarket adapter) implement `Exchange`. `sell` takes a
+`SellPermit`, not a number: there is no way to ask for a sell that no verification produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from states import MarketRules, SellPermit
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    shares: int
+    """Micro-shares sold."""
+    avg_price: Decimal
+    order_id: str
+
+
+class LookupStatus(StrEnum):
+    FILLED = "filled"
+    NOT_FILLED = "not_filled"
+    """The exchange knows the order and it did not fill (killed)."""
+    NOT_FOUND = "not_found"
+    """The exchange has no record of the order: it never arrived."""
+
+
+@dataclass(frozen=True, slots=True)
+class SellLookup:
+    status: LookupStatus
+    fill: Fill | None = None
+
+
+@runtime_checkable
+class Exchange(Protocol):
+    async def get_balance(self, token_id: str) -> object:
+        """The token balance as the exchange reports it: raw 6-decimal units (a string on the wire).
+
+        Returned unparsed on purpose: the engine parses it and refuses anything malformed.
+        """
+        ...
+
+    async def refresh_balance(self, token_id: str) -> None:
+        """Ask the exchange to refresh its balance cache for the token."""
+        ...
+
+    async def market_rules(self, token_id: str) -> MarketRules: ...
+
+    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+        """One FOK sell of exactly `permit.shares` at `limit_price` or better.
+
+        Raises NotFilled / TransientError when nothing sold, UnknownOutcome when it may have.
+        """
+        ...
+
+    async def lookup_sell(self, permit: SellPermit) -> SellLookup:
+        """What became of the sell made under `permit` (for unknown outcomes)."""
+        ...

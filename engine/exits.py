@@ -1,0 +1,449 @@
+"""ExitEngine: runs verified exits. The imperative shell around `states/`.
+
+Each step does its I/O here, then feeds the answer to the position machine as a trigger; the machine
+decides the next state. The one sell path is: request_exit -> balance fetched -> permit issued ->
+permit fresh -> one FOK post of exactly the permit's shares.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from types import TracebackType
+
+import anyio
+
+from engine.clock import Clock, SystemClock
+from engine.divergence import DivergenceDetector, DivergenceEvent, DivergenceKind
+from engine.errors import (
+    EngineClosed,
+    ExchangeError,
+    ExitRefused,
+    InsufficientBalance,
+    OrderKilled,
+    PositionConflict,
+    UnknownPosition,
+)
+from engine.exchange import Exchange, LookupStatus
+from engine.logs import emit
+from engine.metrics import EngineMetrics
+from engine.position import ExitOutcome, ExitResult, Position
+from engine.retry import RetryPolicy
+from states import (
+    DEFAULT_PERMIT_MAX_AGE,
+    FINAL_STATES,
+    IN_FLIGHT_STATES,
+    BalanceKind,
+    BalanceVerdict,
+    InvalidValue,
+    MarketRules,
+    PositionRecord,
+    State,
+    TransitionRefused,
+    assess_balance,
+    fire,
+    micro_to_shares,
+    parse_price,
+    parse_raw_balance,
+    permit_is_fresh,
+    take_permit,
+)
+
+DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
+
+
+class ExitEngine:
+    """Exits positions on one exchange. Use as `async with ExitEngine(exchange) as engine:`.
+
+    `journal` is reserved for the durable SQLite journal (not built yet): only None is accepted.
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        journal: object = None,
+        *,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrent_exits: int = 64,
+        permit_max_age: float = DEFAULT_PERMIT_MAX_AGE,
+        settlement_window: timedelta = DEFAULT_SETTLEMENT_WINDOW,
+        verify_timeout: float = 10.0,
+        sell_timeout: float = 15.0,
+        divergence: DivergenceDetector | None = None,
+        attempt_ids: Callable[[], str] | None = None,
+    ) -> None:
+        if journal is not None:
+            raise InvalidValue("journal", journal, "the durable journal is not available yet; pass journal=None")
+        if not isinstance(max_concurrent_exits, int) or max_concurrent_exits < 1:
+            raise InvalidValue("max_concurrent_exits", max_concurrent_exits, "must be an integer >= 1")
+        for name, seconds in (("permit_max_age", permit_max_age), ("verify_timeout", verify_timeout),
+                              ("sell_timeout", sell_timeout)):
+            if not seconds > 0:
+                raise InvalidValue(name, seconds, "must be positive seconds")
+        self.exchange = exchange
+        self.clock: Clock = clock or SystemClock()
+        self.retry = retry or RetryPolicy()
+        self.max_concurrent_exits = max_concurrent_exits
+        self.permit_max_age = permit_max_age
+        self.settlement_window = settlement_window
+        self.verify_timeout = verify_timeout
+        self.sell_timeout = sell_timeout
+        self.divergence = divergence or DivergenceDetector(clock=self.clock)
+        self.metrics = EngineMetrics()
+        self._attempt_ids = attempt_ids or (lambda: uuid.uuid4().hex)
+        self._records: dict[str, PositionRecord] = {}
+        self._live_by_token: dict[str, str] = {}
+        self._rules: dict[str, MarketRules] = {}
+        self._reconciling: set[str] = set()
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._running = 0
+        self._idle: anyio.Event | None = None
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ExitEngine:
+        if self._limiter is not None:
+            raise EngineClosed("this ExitEngine is already running")
+        self._limiter = anyio.CapacityLimiter(self.max_concurrent_exits)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        # Exits started through this engine finish (each bounded by its own timeouts) before the block
+        # ends, so leaving it never abandons a sell whose answer nobody will read.
+        if self._running:
+            self._idle = anyio.Event()
+            with anyio.CancelScope(shield=True):
+                await self._idle.wait()
+        self._limiter = None
+
+    # -- positions ---------------------------------------------------------------------------------
+
+    def track(self, position: Position) -> None:
+        """Start tracking a position. One live (unfinished) position per key and per token."""
+        if not isinstance(position, Position):
+            raise InvalidValue("position", position, "must be an exitguard Position")
+        if position.key in self._records:
+            raise PositionConflict(f"position key={position.key!r}: already tracked (state "
+                                   f"{self._records[position.key].state}); forget() a finished one first")
+        holder = self._live_by_token.get(position.token_id)
+        if holder is not None:
+            raise PositionConflict(
+                f"position key={position.key!r}: token_id={position.token_id!r} is already held by live "
+                f"position {holder!r}; the exchange reports one balance per token, so exits would collide"
+            )
+        record = PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
+        self._records[position.key] = record
+        self._live_by_token[position.token_id] = position.key
+        emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
+
+    def forget(self, key: str) -> None:
+        """Drop a finished position from memory."""
+        record = self._record(key)
+        if record.state not in FINAL_STATES:
+            raise TransitionRefused(key, record.state, "forget",
+                                    "only CLOSED, RECONCILED or DUST positions can be forgotten")
+        del self._records[key]
+
+    def state(self, key: str) -> str:
+        return str(self._record(key).state)
+
+    def states(self) -> dict[str, str]:
+        return {key: str(record.state) for key, record in self._records.items()}
+
+    def unresolved(self) -> list[str]:
+        """Keys whose sell outcome is unknown: each needs `reconcile(key)`."""
+        return [key for key, record in self._records.items() if record.unresolved]
+
+    def _record(self, key: str) -> PositionRecord:
+        try:
+            return self._records[key]
+        except (KeyError, TypeError):
+            raise UnknownPosition(key) from None
+
+    def _require_running(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            raise EngineClosed("use the engine inside `async with ExitEngine(...) as engine:`")
+        return self._limiter
+
+    # -- exit --------------------------------------------------------------------------------------
+
+    async def exit(self, key: str, *, reason: str, limit_price: Decimal) -> ExitResult:
+        """Exit the position: verify the balance, then sell exactly what the exchange confirmed.
+
+        Never raises for exchange trouble: the answer is in `result.outcome`. Raises for bad input
+        (unknown key, bad price or reason, a finished position), before anything is sent.
+        """
+        limiter = self._require_running()
+        record = self._record(key)
+        price = parse_price(limit_price, "limit_price")
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidValue("reason", reason, "must be a non-empty string")
+        if record.state in IN_FLIGHT_STATES or key in self._reconciling:
+            emit("exit_in_progress_refused", key=key, token=record.token_id, state=str(record.state),
+                 attempt=record.attempts, reason=reason)
+            return self._finish(record, ExitOutcome.IN_PROGRESS, attempts=0)
+        if record.state is not State.OPEN:
+            raise ExitRefused(key, record.state)
+        rules = self._rules.get(record.token_id)
+        if rules is not None:
+            self._check_tick(price, rules)
+        # The state moves to VERIFYING before the first await: a racing exit() sees it and is refused.
+        fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
+        self._running += 1
+        try:
+            async with limiter:
+                return await self._run_attempts(record, reason, price)
+        finally:
+            self._settle_interrupted(record)
+            self._running -= 1
+            if self._running == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _run_attempts(self, record: PositionRecord, reason: str, first_price: Decimal) -> ExitResult:
+        price = first_price
+        attempts = 1
+        while True:
+            result, retryable = await self._attempt(record, price, attempts)
+            if not retryable or attempts >= self.retry.max_attempts:
+                return result
+            next_price = self.retry.next_price(first_price, price, self._rules[record.token_id].tick_size)
+            if next_price is None:
+                return result
+            emit("exit_retrying", key=record.key, token=record.token_id, attempt=attempts + 1,
+                 limit_price=next_price, previous_limit_price=price)
+            price = next_price
+            attempts += 1
+            fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
+
+    async def _attempt(self, record: PositionRecord, price: Decimal, attempts: int) -> tuple[ExitResult, bool]:
+        """One verification and at most one sell. Returns the result and whether a retry may follow."""
+        token = record.token_id
+        started = self.clock.monotonic()
+        try:
+            with anyio.fail_after(self.verify_timeout):
+                rules = await self._market_rules(token)
+                self._check_tick(price, rules)
+                balance = await self._verified_balance(record)
+        except (ExchangeError, InvalidValue, TimeoutError) as err:
+            latency = self.clock.monotonic() - started
+            error = str(err) or f"no answer within {self.verify_timeout}s"
+            self._verify_failed(record, error, type(err).__name__, latency)
+            if isinstance(err, InvalidValue) and err.field == "limit_price":
+                raise
+            return self._finish(record, ExitOutcome.VERIFY_FAILED, attempts=attempts, price=price,
+                                latency=latency, error=error), False
+        verified_at = self.clock.monotonic()
+        latency = verified_at - started
+        self.metrics.verify_latency_recorder.record(latency)
+        verdict = assess_balance(record.expected, balance, rules, last_buy_at=record.last_buy_at,
+                                 now=self.clock.wall(), settlement_window=self.settlement_window)
+        fields = self._fields(record, latency)
+        if verdict.kind is BalanceKind.UNSETTLED_ZERO:
+            error = "balance 0 inside the settlement window of the last buy: the cache may lag the buy"
+            self._verify_failed(record, error, "UnsettledBalance", latency)
+            return self._finish(record, ExitOutcome.VERIFY_FAILED, attempts=attempts, price=price,
+                                latency=latency, error=error), False
+        fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
+        if record.state is State.RECONCILED:
+            emit("exit_already_complete", **fields, expected=micro_to_shares(verdict.expected))
+            self._diverge(DivergenceKind.ALREADY_EXITED, record, verdict.expected, verdict.actual)
+            return self._finish(record, ExitOutcome.ALREADY_EXITED, attempts=attempts, price=price,
+                                latency=latency), False
+        if record.state is State.DUST:
+            emit("exit_dust_residual", **fields, expected=micro_to_shares(verdict.expected),
+                 actual=micro_to_shares(verdict.actual), min_order_size=micro_to_shares(rules.min_order_size))
+            self._diverge(DivergenceKind.DUST, record, verdict.expected, verdict.actual)
+            return self._finish(record, ExitOutcome.DUST, attempts=attempts, price=price, latency=latency), False
+        if verdict.mismatch:
+            self._warn_mismatch(record, verdict, fields)
+        return await self._sell(record, price, attempts, latency)
+
+    async def _verified_balance(self, record: PositionRecord) -> int:
+        """The exchange's balance in micro-shares. A reading below the expected shares may be the
+        exchange's cache lagging a buy, so it is refreshed and read once more before it counts."""
+        token = record.token_id
+        field = f"balance[token_id={token}]"
+        balance = parse_raw_balance(await self.exchange.get_balance(token), field)
+        if balance < record.expected:
+            await self.exchange.refresh_balance(token)
+            self.metrics.balance_refreshes += 1
+            balance = parse_raw_balance(await self.exchange.get_balance(token), field)
+        return balance
+
+    async def _market_rules(self, token: str) -> MarketRules:
+        rules = self._rules.get(token)
+        if rules is None:
+            rules = await self.exchange.market_rules(token)
+            if not isinstance(rules, MarketRules):
+                raise InvalidValue(f"market_rules[token_id={token}]", rules, "the exchange returned no MarketRules")
+            self._rules[token] = rules
+        return rules
+
+    async def _sell(self, record: PositionRecord, price: Decimal, attempts: int,
+                    latency: float) -> tuple[ExitResult, bool]:
+        permit = take_permit(record)
+        fields = self._fields(record, latency)
+        age = self.clock.monotonic() - permit.verified_at
+        if not permit_is_fresh(permit, self.clock.monotonic(), self.permit_max_age):
+            fire(record, "sell_killed", reason="permit expired before sending", definitely_not_filled=True)
+            emit("exit_permit_expired", **fields, permit_age_s=round(age, 3), max_age_s=self.permit_max_age)
+            return self._finish(record, ExitOutcome.NOT_FILLED, attempts=attempts, price=price, latency=latency,
+                                error=f"sell permit {age:.3f}s old (max {self.permit_max_age}s); nothing sent"), False
+        started = self.clock.monotonic()
+        try:
+            with anyio.fail_after(self.sell_timeout):
+                fill = await self.exchange.sell(permit, price)
+        except Exception as err:  # noqa: BLE001 - anything but a definite "no" may have sold
+            if getattr(err, "definitely_not_filled", False) is True:
+                fire(record, "sell_killed", reason=str(err), definitely_not_filled=True)
+                emit("exit_not_filled", **fields, shares=permit.share_amount, limit_price=price,
+                     error=str(err), error_type=type(err).__name__)
+                if isinstance(err, InsufficientBalance):
+                    self._diverge(DivergenceKind.INSUFFICIENT_BALANCE, record, permit.shares, None)
+                return self._finish(record, ExitOutcome.NOT_FILLED, attempts=attempts, price=price,
+                                    latency=latency, error=str(err)), isinstance(err, OrderKilled)
+            error = str(err) or f"no answer within {self.sell_timeout}s ({type(err).__name__})"
+            fire(record, "sell_unknown", error=error)
+            emit("exit_outcome_unknown", **fields, shares=permit.share_amount, limit_price=price,
+                 error=error, error_type=type(err).__name__)
+            self._diverge(DivergenceKind.UNKNOWN_OUTCOME, record, permit.shares, None)
+            return self._finish(record, ExitOutcome.UNKNOWN, attempts=attempts, price=price, latency=latency,
+                                error=error), False
+        self.metrics.sell_latency_recorder.record(self.clock.monotonic() - started)
+        if fill.shares != permit.shares:
+            self._diverge(DivergenceKind.FILL_MISMATCH, record, permit.shares, fill.shares)
+        fire(record, "sell_filled", shares=fill.shares)
+        emit("exit_filled", **fields, shares=micro_to_shares(fill.shares), avg_price=fill.avg_price,
+             limit_price=price, order_id=fill.order_id)
+        return self._finish(record, ExitOutcome.CLOSED, attempts=attempts, price=price, latency=latency,
+                            order_id=fill.order_id), False
+
+    # -- reconciliation ----------------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> ExitResult:
+        """Settle an unknown sell outcome by order lookup and balance: CLOSED, OPEN or RECONCILED.
+
+        Never resends. If the lookup itself fails, the position stays SELLING (outcome UNKNOWN).
+        """
+        self._require_running()
+        record = self._record(key)
+        if key in self._reconciling or (record.state is State.SELLING and not record.unresolved):
+            emit("exit_in_progress_refused", key=key, token=record.token_id, state=str(record.state),
+                 attempt=record.attempts, reason="reconcile")
+            return self._finish(record, ExitOutcome.IN_PROGRESS, attempts=0)
+        if not record.unresolved or record.inflight is None:
+            raise TransitionRefused(key, record.state, "reconcile", "no unknown outcome to settle")
+        permit = record.inflight
+        self._reconciling.add(key)
+        try:
+            with anyio.fail_after(self.verify_timeout):
+                lookup = await self.exchange.lookup_sell(permit)
+                balance = None
+                if lookup.status is not LookupStatus.FILLED:
+                    await self.exchange.refresh_balance(record.token_id)
+                    self.metrics.balance_refreshes += 1
+                    balance = parse_raw_balance(await self.exchange.get_balance(record.token_id),
+                                                f"balance[token_id={record.token_id}]")
+        except (ExchangeError, InvalidValue, TimeoutError) as err:
+            emit("exit_reconcile_failed", key=key, token=record.token_id, attempt=record.attempts,
+                 error=str(err) or type(err).__name__)
+            return self._finish(record, ExitOutcome.UNKNOWN, attempts=0, error=str(err) or type(err).__name__)
+        finally:
+            self._reconciling.discard(key)
+        sent = permit.shares
+        if lookup.status is LookupStatus.FILLED and lookup.fill is not None:
+            fire(record, "resolved_filled", shares=lookup.fill.shares)
+            outcome, actual, order_id = ExitOutcome.CLOSED, lookup.fill.shares, lookup.fill.order_id
+        elif balance == 0:
+            fire(record, "resolved_gone")
+            outcome, actual, order_id = ExitOutcome.ALREADY_EXITED, 0, None
+        else:
+            fire(record, "resolved_not_filled")
+            outcome, actual, order_id = ExitOutcome.NOT_FILLED, 0, None
+        emit("exit_outcome_resolved", key=key, token=record.token_id, attempt=record.attempts,
+             lookup=str(lookup.status), state=str(record.state), sent=micro_to_shares(sent),
+             filled=micro_to_shares(actual))
+        self._diverge(DivergenceKind.UNKNOWN_OUTCOME_RESOLVED, record, sent, actual)
+        return self._finish(record, outcome, attempts=0, order_id=order_id)
+
+    # -- shared steps ------------------------------------------------------------------------------
+
+    def _settle_interrupted(self, record: PositionRecord) -> None:
+        """After a cancelled or crashed exit, leave the record in a state that tells the truth: no
+        verification in flight (-> OPEN), and a sell that may have been sent flagged unknown."""
+        if record.state is State.VERIFYING:
+            fire(record, "verify_failed", error="exit interrupted before the balance was verified")
+        elif record.state is State.SELLING and not record.unresolved:
+            if record.inflight is None:
+                fire(record, "sell_killed", reason="exit interrupted before the sell was sent",
+                     definitely_not_filled=True)
+            else:
+                fire(record, "sell_unknown", error="exit interrupted while the sell was in flight")
+                self._diverge(DivergenceKind.UNKNOWN_OUTCOME, record, record.inflight.shares, None)
+        else:
+            return
+        emit("exit_interrupted", key=record.key, token=record.token_id, attempt=record.attempts,
+             state=str(record.state), unresolved=record.unresolved)
+
+    def _verify_failed(self, record: PositionRecord, error: str, error_type: str, latency: float) -> None:
+        fire(record, "verify_failed", error=error)
+        self.metrics.verify_failures += 1
+        emit("balance_verify_failed", **self._fields(record, latency), error=error, error_type=error_type)
+
+    def _warn_mismatch(self, record: PositionRecord, verdict: BalanceVerdict, fields: dict[str, object]) -> None:
+        emit("exit_balance_mismatch", **fields, expected=micro_to_shares(verdict.expected),
+             actual=micro_to_shares(verdict.actual), difference=micro_to_shares(verdict.difference),
+             selling=micro_to_shares(verdict.sell))
+        self._diverge(DivergenceKind.BALANCE_MISMATCH, record, verdict.expected, verdict.actual)
+
+    def _diverge(self, kind: DivergenceKind, record: PositionRecord, expected: int | None,
+                 actual: int | None) -> None:
+        self.divergence.record(DivergenceEvent(
+            kind=kind,
+            position_key=record.key,
+            token_id=record.token_id,
+            expected=None if expected is None else micro_to_shares(expected),
+            actual=None if actual is None else micro_to_shares(actual),
+            at=self.divergence.now(),
+        ))
+
+    @staticmethod
+    def _check_tick(price: Decimal, rules: MarketRules) -> None:
+        if not rules.price_is_on_tick(price):
+            raise InvalidValue("limit_price", price, f"not on the market's tick size {rules.tick_size}")
+
+    @staticmethod
+    def _fields(record: PositionRecord, latency: float | None) -> dict[str, object]:
+        return {
+            "key": record.key,
+            "token": record.token_id,
+            "attempt": record.attempts,
+            "attempt_id": record.attempt_id,
+            "verify_latency_ms": None if latency is None else round(latency * 1000, 3),
+        }
+
+    def _finish(self, record: PositionRecord, outcome: ExitOutcome, *, attempts: int,
+                price: Decimal | None = None, latency: float | None = None, order_id: str | None = None,
+                error: str | None = None) -> ExitResult:
+        self.metrics.outcomes[outcome] += 1
+        if record.state in FINAL_STATES and self._live_by_token.get(record.token_id) == record.key:
+            del self._live_by_token[record.token_id]
+        sold = record.sold if outcome is ExitOutcome.CLOSED else 0
+        return ExitResult(
+            key=record.key,
+            outcome=outcome,
+            state=str(record.state),
+            shares_sold=micro_to_shares(sold),
+            expected_shares=micro_to_shares(record.expected),
+            verified_balance=None if record.verified_balance is None else micro_to_shares(record.verified_balance),
+            residual_shares=micro_to_shares(record.residual) if record.state in FINAL_STATES else Decimal(0),
+            verify_latency=latency,
+            attempts=attempts,
+            limit_price=price,
+            order_id=order_id,
+            error=error,
+        )

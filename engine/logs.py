@@ -1,0 +1,54 @@
+"""Structured logging: one event name per situation, with the fields an operator needs.
+
+Every log line the engine writes goes through `emit`, which only accepts the names in `EVENTS`, so the
+list below is the complete vocabulary. Fields travel in loguru's `extra` (JSON lines: `record.extra`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from loguru import logger
+
+EVENTS: dict[str, str] = {
+    "position_tracked": "DEBUG",
+    "exit_already_complete": "INFO",
+    "exit_balance_mismatch": "WARNING",
+    "exit_dust_residual": "WARNING",
+    "exit_filled": "INFO",
+    "exit_not_filled": "WARNING",
+    "exit_retrying": "INFO",
+    "exit_permit_expired": "WARNING",
+    "exit_in_progress_refused": "WARNING",
+    "exit_interrupted": "WARNING",
+    "balance_verify_failed": "WARNING",
+    "exit_outcome_unknown": "ERROR",
+    "exit_outcome_resolved": "WARNING",
+    "exit_reconcile_failed": "ERROR",
+    "divergence_alert": "ERROR",
+    "divergence_alert_hook_failed": "ERROR",
+}
+"""Event name -> level."""
+
+
+def emit(event: str, **fields: object) -> None:
+    level = EVENTS[event]
+    text = " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
+    logger.bind(event=event, **fields).log(level, f"{event} {text}" if text else event)
+
+
+HUMAN_FORMAT = "<green>{time:HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | {message}"
+
+
+def configure_logging(*, json: bool = False, level: str = "INFO", sink: TextIO | None = None) -> int:
+    """Replace loguru's handlers with one: human-readable lines, or JSON lines when `json=True`.
+
+    For embedding bots that already configure loguru this is optional; the engine only emits.
+    Returns the handler id.
+    """
+    logger.remove()
+    target = sink if sink is not None else sys.stderr
+    if json:
+        return logger.add(target, level=level, serialize=True)
+    return logger.add(target, level=level, format=HUMAN_FORMAT, colorize=False)

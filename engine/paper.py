@@ -1,0 +1,284 @@
+"""The paper exchange: the embedded default for the demo, the tests and users' own tests.
+
+It behaves like the real one where it matters to an exit: balances in raw 6-decimal units, resting
+bids with a fill-or-kill model, tick size and minimum order size per token, and the faults that
+break naive exit code (latency, injected errors, a lagging balance cache, a lost response).
+Every call yields to the event loop, as a network call does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+import anyio
+import anyio.lowlevel
+
+from engine.clock import Clock, SystemClock
+from engine.errors import (
+    ExchangeError,
+    InsufficientBalance,
+    OrderKilled,
+    OrderRejected,
+    PermitError,
+    TransientError,
+    UnknownOutcome,
+)
+from engine.exchange import Fill, LookupStatus, SellLookup
+from states import InvalidValue, MarketRules, SellPermit, micro_to_shares, parse_price, shares_to_micro
+
+OPERATIONS = ("get_balance", "refresh_balance", "market_rules", "sell", "lookup_sell")
+
+KILLED_MESSAGE = "order couldn't be fully filled. FOK orders are fully filled or killed."
+NO_BALANCE_MESSAGE = "not enough balance / allowance"
+
+
+class SellStatus(StrEnum):
+    FILLED = "filled"
+    KILLED = "killed"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class PaperCall:
+    operation: str
+    token_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaperSell:
+    """A sell as the paper exchange received it."""
+
+    token_id: str
+    shares: Decimal
+    limit_price: Decimal
+    attempt_id: str
+    status: SellStatus
+    order_id: str
+    avg_price: Decimal | None = None
+    error: str | None = None
+
+
+class PaperExchange:
+    """An in-memory exchange. `latency` seconds are added to every call (half before the exchange acts,
+    half after), so concurrent calls interleave as they would over a network."""
+
+    def __init__(
+        self,
+        latency: float = 0.0,
+        *,
+        clock: Clock | None = None,
+        default_rules: MarketRules | None = None,
+    ) -> None:
+        self.latency = latency
+        self.clock: Clock = clock or SystemClock()
+        self.default_rules = default_rules or MarketRules()
+        self.calls: list[PaperCall] = []
+        self.sells: list[PaperSell] = []
+        self.sells_in_flight: defaultdict[str, int] = defaultdict(int)
+        self.max_sells_in_flight = 0
+        """Most sells of one token the exchange was processing at once (a test invariant: 1)."""
+        self._chain: dict[str, int] = {}
+        self._cached: dict[str, int] = {}
+        self._changed_at: dict[str, float] = {}
+        self._lag: dict[str, float | None] = {}
+        self._bids: dict[str, list[tuple[Decimal, int]]] = {}
+        self._rules: dict[str, MarketRules] = {}
+        self._failures: dict[str, deque[ExchangeError]] = defaultdict(deque)
+        self._raw_balances: dict[str, deque[object]] = defaultdict(deque)
+        self._lost_responses = 0
+        self._used_attempts: set[str] = set()
+        self._orders = 0
+
+    # -- setting up the market -------------------------------------------------------------------
+
+    def set_balance(self, token_id: str, shares: object) -> None:
+        """Shares held on chain. With a balance lag on the token, `get_balance` shows it later."""
+        micro = shares_to_micro(shares, "shares")
+        if micro < 0:
+            raise InvalidValue("shares", shares, "must not be negative")
+        self._set_chain(token_id, micro)
+
+    def balance(self, token_id: str) -> Decimal:
+        """The true (chain) balance, whatever the exchange's cache says."""
+        return micro_to_shares(self._chain.get(token_id, 0))
+
+    def set_bids(self, token_id: str, bids: list[tuple[object, object]]) -> None:
+        """Resting bids as (price, size) pairs; a FOK sell fills against those at or above its limit."""
+        book = []
+        for index, (price, size) in enumerate(bids):
+            book.append((parse_price(price, f"bids[{index}].price"), shares_to_micro(size, f"bids[{index}].size")))
+            if book[-1][1] <= 0:
+                raise InvalidValue(f"bids[{index}].size", size, "must be positive")
+        self._bids[token_id] = sorted(book, key=lambda level: level[0], reverse=True)
+
+    def bids(self, token_id: str) -> list[tuple[Decimal, Decimal]]:
+        return [(price, micro_to_shares(size)) for price, size in self._bids.get(token_id, [])]
+
+    def set_market(self, token_id: str, *, tick_size: object = Decimal("0.01"), min_order_size: object = Decimal("5")) -> None:
+        self._rules[token_id] = MarketRules.of(tick_size=tick_size, min_order_size=min_order_size)
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def fail_next(self, operation: str, count: int = 1, error: ExchangeError | None = None) -> None:
+        """The next `count` calls of `operation` raise `error` without acting (default: a 503)."""
+        if operation not in OPERATIONS:
+            raise InvalidValue("operation", operation, f"must be one of {', '.join(OPERATIONS)}")
+        if not isinstance(count, int) or count < 1:
+            raise InvalidValue("count", count, "must be an integer >= 1")
+        for _ in range(count):
+            self._failures[operation].append(error or TransientError("paper: injected failure", status=503))
+
+    def lag_balance(self, token_id: str, delay: float | None = None) -> None:
+        """From now on, a change to the token's balance shows in `get_balance` only after `delay` seconds
+        (None: only after `refresh_balance`), as the real exchange's balance cache lags fills."""
+        self._lag[token_id] = delay
+        self._cached.setdefault(token_id, self._chain.get(token_id, 0))
+
+    def lose_next_sell_response(self, count: int = 1) -> None:
+        """The next `count` sells are executed, then the caller gets an UnknownOutcome instead of the answer."""
+        self._lost_responses += count
+
+    def corrupt_next_balance(self, token_id: str, raw: object) -> None:
+        """The next balance read for the token returns `raw` as-is (e.g. "-5", "NaN", "abc", None)."""
+        self._raw_balances[token_id].append(raw)
+
+    # -- the exchange port -------------------------------------------------------------------------
+
+    async def get_balance(self, token_id: str) -> object:
+        await self._request("get_balance", token_id)
+        if self._raw_balances[token_id]:
+            raw = self._raw_balances[token_id].popleft()
+        else:
+            raw = str(self._visible_balance(token_id))
+        await self._reply()
+        return raw
+
+    async def refresh_balance(self, token_id: str) -> None:
+        await self._request("refresh_balance", token_id)
+        self._cached[token_id] = self._chain.get(token_id, 0)
+        await self._reply()
+
+    async def market_rules(self, token_id: str) -> MarketRules:
+        await self._request("market_rules", token_id)
+        rules = self._rules.get(token_id, self.default_rules)
+        await self._reply()
+        return rules
+
+    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+        if not isinstance(permit, SellPermit):
+            raise PermitError(f"paper: sell needs a SellPermit, got {type(permit).__name__}; nothing sent")
+        token = permit.token_id
+        self.sells_in_flight[token] += 1
+        self.max_sells_in_flight = max(self.max_sells_in_flight, self.sells_in_flight[token])
+        try:
+            await self._request("sell", token)
+            if permit.attempt_id in self._used_attempts:
+                raise PermitError(f"paper: permit {permit.attempt_id} already used; nothing sold")
+            self._used_attempts.add(permit.attempt_id)
+            outcome: Fill | ExchangeError = self._execute(permit, limit_price)
+            if self._lost_responses:
+                self._lost_responses -= 1
+                outcome = UnknownOutcome("paper: response lost after the order reached the exchange")
+            await self._reply()
+        finally:
+            self.sells_in_flight[token] -= 1
+        if isinstance(outcome, ExchangeError):
+            raise outcome
+        return outcome
+
+    async def lookup_sell(self, permit: SellPermit) -> SellLookup:
+        await self._request("lookup_sell", permit.token_id)
+        found = next((sell for sell in self.sells if sell.attempt_id == permit.attempt_id), None)
+        await self._reply()
+        if found is None:
+            return SellLookup(LookupStatus.NOT_FOUND)
+        if found.status is not SellStatus.FILLED:
+            return SellLookup(LookupStatus.NOT_FILLED)
+        assert found.avg_price is not None
+        return SellLookup(
+            LookupStatus.FILLED,
+            Fill(shares=shares_to_micro(found.shares), avg_price=found.avg_price, order_id=found.order_id),
+        )
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    async def _request(self, operation: str, token_id: str) -> None:
+        self.calls.append(PaperCall(operation, token_id))
+        await self._wait(self.latency / 2)
+        if self._failures[operation]:
+            raise self._failures[operation].popleft()
+
+    async def _reply(self) -> None:
+        await self._wait(self.latency / 2)
+
+    @staticmethod
+    async def _wait(seconds: float) -> None:
+        if seconds > 0:
+            await anyio.sleep(seconds)
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    def _set_chain(self, token_id: str, micro: int) -> None:
+        self._chain[token_id] = micro
+        if token_id in self._lag:
+            self._changed_at[token_id] = self.clock.monotonic()
+        else:
+            self._cached[token_id] = micro
+
+    def _visible_balance(self, token_id: str) -> int:
+        if token_id not in self._lag:
+            return self._chain.get(token_id, 0)
+        delay = self._lag[token_id]
+        changed = self._changed_at.get(token_id)
+        if delay is not None and changed is not None and self.clock.monotonic() - changed >= delay:
+            self._cached[token_id] = self._chain.get(token_id, 0)
+        return self._cached.get(token_id, 0)
+
+    def _execute(self, permit: SellPermit, limit_price: Decimal) -> Fill | ExchangeError:
+        token, shares = permit.token_id, permit.shares
+        self._orders += 1
+        order_id = f"paper-{self._orders}"
+        rules = self._rules.get(token, self.default_rules)
+        problem = self._rule_problem(rules, shares, limit_price)
+        if problem is not None:
+            return self._record(permit, limit_price, SellStatus.REJECTED, order_id, OrderRejected(problem, status=400))
+        if shares > self._chain.get(token, 0):
+            return self._record(permit, limit_price, SellStatus.REJECTED, order_id,
+                                InsufficientBalance(NO_BALANCE_MESSAGE, status=400))
+        book = self._bids.get(token, [])
+        if sum(size for price, size in book if price >= limit_price) < shares:
+            return self._record(permit, limit_price, SellStatus.KILLED, order_id, OrderKilled(KILLED_MESSAGE, status=400))
+        remaining, proceeds, rest = shares, Decimal(0), []
+        for price, size in book:
+            take = min(size, remaining) if price >= limit_price else 0
+            proceeds += price * take
+            remaining -= take
+            if size - take:
+                rest.append((price, size - take))
+        self._bids[token] = rest
+        self._set_chain(token, self._chain[token] - shares)
+        avg = proceeds / shares
+        self.sells.append(PaperSell(token, micro_to_shares(shares), limit_price, permit.attempt_id,
+                                    SellStatus.FILLED, order_id, avg_price=avg))
+        return Fill(shares=shares, avg_price=avg, order_id=order_id)
+
+    @staticmethod
+    def _rule_problem(rules: MarketRules, shares: int, limit_price: Decimal) -> str | None:
+        if not (0 < limit_price < 1):
+            return f"invalid price {limit_price}: must be between 0 and 1"
+        if not rules.price_is_on_tick(limit_price):
+            return f"invalid price {limit_price}: breaks minimum tick size rule: {rules.tick_size}"
+        if shares % rules.size_step:
+            return f"invalid size {micro_to_shares(shares)}: sizes are in steps of {micro_to_shares(rules.size_step)}"
+        if shares < rules.min_order_size:
+            return f"size {micro_to_shares(shares)} lower than the minimum: {micro_to_shares(rules.min_order_size)}"
+        return None
+
+    def _record(self, permit: SellPermit, limit_price: Decimal, status: SellStatus, order_id: str,
+                error: ExchangeError) -> ExchangeError:
+        self.sells.append(PaperSell(permit.token_id, micro_to_shares(permit.shares), limit_price,
+                                    permit.attempt_id, status, order_id, error=str(error)))
+        return error

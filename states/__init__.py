@@ -1,0 +1,40 @@
+"""The position state machine: pure decisions, no I/O, no clock, no logging."""
+
+from states.balance import BalanceKind, BalanceVerdict, assess_balance
+from states.errors import InvalidValue, PermitError, TransitionRefused
+from states.machine import MACHINE, allowed_triggers, fire
+from states.market import MarketRules, stepped_down_price
+from states.permit import DEFAULT_PERMIT_MAX_AGE, SellPermit, permit_is_fresh, take_permit
+from states.quantities import MICRO, micro_to_shares, parse_price, parse_raw_balance, shares_to_micro
+from states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionRecord, State
+from states.table import TABLE, TRIGGERS, Edge
+
+__all__ = [
+    "BalanceKind",
+    "BalanceVerdict",
+    "DEFAULT_PERMIT_MAX_AGE",
+    "Edge",
+    "FINAL_STATES",
+    "IN_FLIGHT_STATES",
+    "InvalidValue",
+    "MACHINE",
+    "MICRO",
+    "MarketRules",
+    "PermitError",
+    "PositionRecord",
+    "SellPermit",
+    "State",
+    "TABLE",
+    "TRIGGERS",
+    "TransitionRefused",
+    "allowed_triggers",
+    "assess_balance",
+    "fire",
+    "micro_to_shares",
+    "parse_price",
+    "parse_raw_balance",
+    "permit_is_fresh",
+    "shares_to_micro",
+    "stepped_down_price",
+    "take_permit",
+]

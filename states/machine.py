@@ -1,0 +1,66 @@
+"""The one shared `transitions.Machine` and `fire`, the only way a record changes state.
+
+`model=None` and no `add_model`: `fire` drives any record through the machine's events directly,
+so 100,000 positions cost no per-model registration (add_model scans a list) and no per-model
+machine (~12 KB each).
+"""
+
+from __future__ import annotations
+
+from transitions import Machine, MachineError
+
+from states.errors import InvalidValue, TransitionRefused
+from states.record import PositionRecord, State
+from states.table import ON_EXIT, PAYLOAD, TABLE
+
+
+def build_machine() -> Machine:
+    machine = Machine(
+        model=None,
+        states=State,
+        initial=State.OPEN,
+        auto_transitions=False,
+        send_event=True,
+        ignore_invalid_triggers=False,
+        name="position",
+    )
+    for state, callbacks in ON_EXIT.items():
+        for callback in callbacks:
+            machine.get_state(state).add_callback("exit", callback)
+    for edge in TABLE:
+        machine.add_transition(
+            edge.trigger,
+            edge.source,
+            # A self-edge is internal (dest=None): staying in SELLING must not run its exit callbacks,
+            # which would drop the in-flight permit that reconciliation needs.
+            None if edge.dest == edge.source else edge.dest,
+            conditions=list(edge.guards),
+            before=list(edge.before),
+            after=list(edge.after),
+        )
+    return machine
+
+
+MACHINE = build_machine()
+
+
+def fire(record: PositionRecord, trigger: str, **payload: object) -> State:
+    """Apply `trigger` to `record` or raise `TransitionRefused`, leaving the record untouched."""
+    required = PAYLOAD.get(trigger)
+    if required is None:
+        raise TransitionRefused(record.key, record.state, trigger, "no such trigger")
+    missing = required - payload.keys()
+    if missing:
+        raise InvalidValue(f"{trigger}.payload", sorted(payload), f"missing {', '.join(sorted(missing))}")
+    before = record.state
+    try:
+        moved = MACHINE.events[trigger].trigger(record, **payload)
+    except MachineError:
+        raise TransitionRefused(record.key, before, trigger, "not allowed from this state") from None
+    if not moved:
+        raise TransitionRefused(record.key, before, trigger, "no guard passed")
+    return record.state
+
+
+def allowed_triggers(state: State) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(edge.trigger for edge in TABLE if edge.source == state))

@@ -1,0 +1,88 @@
+"""Exact share and price arithmetic.
+
+Shares live as integer micro-shares: the exchange's raw 6-decimal units ("5000000" is 5 shares). A float
+never touches a quantity: 4.35 as a float is 4.3499999..., and rounding that down sells 4.34.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from states.errors import InvalidValue
+
+MICRO = 1_000_000
+"""Raw units per share on Polymarket's conditional tokens."""
+
+
+def shares_to_micro(value: object, field: str = "shares") -> int:
+    """Exact Decimal/int/str shares -> micro-shares. Refuses floats, NaN, infinities and sub-micro digits."""
+    amount = _decimal(value, field)
+    micro = amount * MICRO
+    if micro != micro.to_integral_value():
+        raise InvalidValue(field, value, "more than 6 decimal places (finer than one micro-share)")
+    return int(micro)
+
+
+def micro_to_shares(micro: int) -> Decimal:
+    """Exact shares with no trailing zeros and no exponent: 10000000 -> Decimal("10")."""
+    value = Decimal(micro).scaleb(-6).normalize()
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
+
+
+def parse_raw_balance(value: object, field: str = "balance") -> int:
+    """The exchange's raw balance (a string of micro-units on the wire) -> micro-shares, or a clear error.
+
+    A balance we cannot read exactly is never guessed at: missing, non-numeric, NaN, negative and
+    fractional raw values are all refused, because the next step sells what this returns.
+    """
+    if value is None:
+        raise InvalidValue(field, value, "missing from the exchange's answer")
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidValue(field, value, "must be an exact integer count of raw units, not a float/bool")
+    if isinstance(value, int):
+        raw = Decimal(value)
+    elif isinstance(value, (str, Decimal)):
+        try:
+            raw = Decimal(value.strip() if isinstance(value, str) else value)
+        except InvalidOperation:
+            raise InvalidValue(field, value, "not a number") from None
+    else:
+        raise InvalidValue(field, value, f"unexpected type {type(value).__name__}")
+    if not raw.is_finite():
+        raise InvalidValue(field, value, "not a finite number")
+    if raw < 0:
+        raise InvalidValue(field, value, "negative")
+    if raw != raw.to_integral_value():
+        raise InvalidValue(field, value, "raw units must be a whole number")
+    return int(raw)
+
+
+def parse_price(value: object, field: str = "limit_price") -> Decimal:
+    """A probability price strictly between 0 and 1, as an exact Decimal."""
+    price = _decimal(value, field)
+    if not (0 < price < 1):
+        raise InvalidValue(field, value, "must be strictly between 0 and 1")
+    return price
+
+
+def round_down_to_step(micro: int, step_micro: int) -> int:
+    """Largest multiple of the exchange's size step not above `micro`; selling never rounds up."""
+    return micro - micro % step_micro
+
+
+def _decimal(value: object, field: str) -> Decimal:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidValue(field, value, "use Decimal, int or str; floats are not exact")
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, (int, str)):
+        try:
+            amount = Decimal(value.strip() if isinstance(value, str) else value)
+        except InvalidOperation:
+            raise InvalidValue(field, value, "not a number") from None
+    else:
+        raise InvalidValue(field, value, f"unexpected type {type(value).__name__}")
+    if not amount.is_finite():
+        raise InvalidValue(field, value, "not a finite number")
+    return amount
+
