@@ -1,0 +1,124 @@
+"""The `exitguard` command: run a scenario on the paper exchange, or write the state diagrams."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from engine import __version__
+from engine.logs import configure_logging
+from engine.position import ExitOutcome, ExitResult
+from engine.scenario import ScenarioError, ScenarioReport, Step, bundled_demo, load_scenario, parse_scenario, run_scenario
+from states.diagram import DIAGRAMS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exitguard", description="Verified exits for Polymarket positions.")
+    parser.add_argument("--version", action="version", version=f"exitguard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="replay a scenario (JSON lines) on the paper exchange; "
+                                          "with no file, the bundled demo")
+    run.add_argument("scenario", nargs="?", type=Path, help="scenario file (default: the bundled demo)")
+    run.add_argument("--json-logs", action="store_true", help="log JSON lines to stderr")
+    run.add_argument("--log-level", default="INFO", help="log level for stderr (default INFO)")
+
+    diagram = commands.add_parser("diagram", help="write the position machine's diagrams (Mermaid, DOT)")
+    diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="folder (default ./diagrams)")
+    diagram.add_argument("--check", action="store_true", help="fail if the files differ from the code")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args.scenario, json_logs=args.json_logs, log_level=args.log_level, out=sys.stdout)
+    return _diagram(args.out, check=args.check, out=sys.stdout)
+
+
+def _run(path: Path | None, *, json_logs: bool, log_level: str, out: TextIO) -> int:
+    configure_logging(json=json_logs, level=log_level.upper())
+    try:
+        if path is None:
+            name, text = bundled_demo()
+            steps = parse_scenario(text, name)
+        else:
+            name, steps = str(path), load_scenario(path)
+    except ScenarioError as err:
+        print(f"exitguard: {err}", file=sys.stderr)
+        return 2
+    print(f"exitguard run: {name} on the paper exchange\n", file=out)
+    print(f"{'line':>4}  {'position':<16} {'request':<24} {'outcome':<15} {'state':<11} {'sold':>8}  note", file=out)
+
+    def show(step: Step, result: ExitResult) -> None:
+        request = ("reconcile" if step.op == "reconcile"
+                   else f"{step.args['reason']} @{step.args['limit_price']}")
+        print(f"{step.line:>4}  {result.key:<16} {request:<24} {result.outcome:<15} {result.state:<11} "
+              f"{result.shares_sold:>8}  {_note(result)}", file=out, flush=True)
+
+    try:
+        report = anyio.run(lambda: run_scenario(steps, on_result=show, source=name))
+    except ScenarioError as err:
+        print(f"exitguard: {err}", file=sys.stderr)
+        return 2
+    _summary(report, out)
+    return 0
+
+
+def _note(result: ExitResult) -> str:
+    parts = []
+    if result.verify_latency is not None:
+        parts.append(f"verified {result.verified_balance} in {result.verify_latency * 1000:.2f} ms")
+    if result.residual_shares:
+        parts.append(f"residual {result.residual_shares}")
+    if result.error:
+        parts.append(result.error)
+    return "; ".join(parts)
+
+
+def _summary(report: ScenarioReport, out: TextIO) -> None:
+    sold: dict[str, Decimal] = {}
+    last: dict[str, ExitResult] = {}
+    for result in report.results:
+        sold[result.key] = sold.get(result.key, Decimal(0)) + result.shares_sold
+        if result.outcome is not ExitOutcome.IN_PROGRESS:
+            last[result.key] = result
+    print("\nSummary", file=out)
+    print(f"{'position':<16} {'expected':>9} {'verified':>9} {'sold':>8} {'residual':>9}  {'last outcome':<15} state",
+          file=out)
+    for key, state in report.final_states.items():
+        result = last.get(key)
+        if result is None:
+            print(f"{key:<16} {'':>9} {'':>9} {'0':>8} {'':>9}  {'(no exit)':<15} {state}", file=out)
+            continue
+        print(f"{key:<16} {result.expected_shares:>9} {'-' if result.verified_balance is None else str(result.verified_balance):>9} "
+              f"{sold.get(key, Decimal(0)):>8} {result.residual_shares:>9}  {result.outcome:<15} {state}", file=out)
+    outcomes = Counter(str(result.outcome) for result in report.results)
+    print("\noutcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items())), file=out)
+
+
+def _diagram(folder: Path, *, check: bool, out: TextIO) -> int:
+    stale = []
+    for name, render in DIAGRAMS.items():
+        path = folder / name
+        text = render()
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if check:
+            stale.append(str(path))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}", file=out)
+    if stale:
+        print(f"exitguard: stale diagrams (run `exitguard diagram`): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""Scenarios: JSON lines that set up the paper exchange, track positions, request exits, inject faults.
+
+The whole file is parsed and checked before anything runs, so a typo on line 40 never leaves a
+half-played scenario behind. Each line is one object with an "op":
+
+  {"op": "engine", "max_attempts": 2, "step_ticks": 1, "max_slippage": "0.02"}   (first, optional)
+  {"op": "market", "token": "T", "tick_size": "0.01", "min_order_size": "5"}
+  {"op": "balance", "token": "T", "shares": "10"}
+  {"op": "bids", "token": "T", "bids": [["0.60", "100"]]}
+  {"op": "track", "key": "p1", "token": "T", "shares": "10"}
+  {"op": "exit", "key": "p1", "reason": "take_profit", "limit_price": "0.55", "copies": 1}
+  {"op": "reconcile", "key": "p1"}
+  {"op": "fault", "fault": "fail_next", "operation": "sell", "error": "killed", "count": 1}
+  {"op": "fault", "fault": "lose_sell_response", "count": 1}
+  {"op": "fault", "fault": "balance_lag", "token": "T", "delay": null}
+  {"op": "fault", "fault": "corrupt_balance", "token": "T", "raw": "NaN"}
+  {"op": "fault", "fault": "latency", "seconds": 0.05}
+
+Quantities and prices are strings (exact decimals); a JSON float is refused. `copies` > 1 starts that
+many exit() calls on the same position at once (a race). Blank lines and lines starting with # are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine.errors import (
+    ExchangeError,
+    ExitRefused,
+    PositionConflict,
+    InsufficientBalance,
+    OrderKilled,
+    OrderRejected,
+    TransientError,
+    UnknownOutcome,
+)
+from engine.exits import ExitEngine
+from engine.paper import OPERATIONS, PaperExchange
+from engine.position import ExitResult, Position
+from engine.retry import RetryPolicy
+from states import InvalidValue, TransitionRefused, parse_price, shares_to_micro
+
+FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
+    "killed": lambda: OrderKilled("order couldn't be fully filled. FOK orders are fully filled or killed.", status=400),
+    "insufficient_balance": lambda: InsufficientBalance("not enough balance / allowance", status=400),
+    "rejected": lambda: OrderRejected("invalid order", status=400),
+    "transient": lambda: TransientError("service unavailable", status=503),
+    "rate_limited": lambda: TransientError("too many requests", status=429),
+    "unknown": lambda: UnknownOutcome("connection dropped after send"),
+}
+
+
+class ScenarioError(ValueError):
+    """A scenario line that cannot be run; the message names the line and the field."""
+
+    def __init__(self, source: str, line: int, field: str, why: str) -> None:
+        self.source, self.line, self.field = source, line, field
+        super().__init__(f"{source}:{line}: field {field!r}: {why}")
+
+
+@dataclass(frozen=True)
+class Step:
+    line: int
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass
+class ScenarioReport:
+    results: list[ExitResult] = field(default_factory=list)
+    final_states: dict[str, str] = field(default_factory=dict)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+_OPS: dict[str, dict[str, tuple[bool, Callable[[Any, str], Any]]]] = {}
+"""op -> field -> (required, converter(value, field_name))."""
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidValue(name, value, "must be a non-empty string")
+    return value
+
+
+def _shares(value: Any, name: str) -> Decimal:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise InvalidValue(name, value, "must be a decimal string such as \"10.5\"")
+    shares_to_micro(value, name)
+    return Decimal(value)
+
+
+def _price(value: Any, name: str) -> Decimal:
+    if not isinstance(value, str):
+        raise InvalidValue(name, value, "must be a decimal string such as \"0.55\"")
+    return parse_price(value, name)
+
+
+def _count(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidValue(name, value, "must be an integer >= 1")
+    return value
+
+
+def _non_negative(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidValue(name, value, "must be an integer >= 0")
+    return value
+
+
+def _seconds(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise InvalidValue(name, value, "must be a number of seconds >= 0")
+    return float(value)
+
+
+def _bids(value: Any, name: str) -> list[tuple[Decimal, Decimal]]:
+    if not isinstance(value, list):
+        raise InvalidValue(name, value, "must be a list of [price, size] pairs")
+    bids = []
+    for index, level in enumerate(value):
+        if not isinstance(level, list) or len(level) != 2:
+            raise InvalidValue(f"{name}[{index}]", level, "must be a [price, size] pair")
+        bids.append((_price(level[0], f"{name}[{index}].price"), _shares(level[1], f"{name}[{index}].size")))
+    return bids
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def convert(value: Any, name: str) -> str:
+        if value not in options:
+            raise InvalidValue(name, value, f"must be one of {', '.join(options)}")
+        return str(value)
+    return convert
+
+
+def _raw(value: Any, name: str) -> Any:
+    return value
+
+
+_OPS.update({
+    "engine": {"max_attempts": (False, _count), "step_ticks": (False, _non_negative),
+               "max_slippage": (False, _shares)},
+    "market": {"token": (True, _text), "tick_size": (False, _price), "min_order_size": (False, _shares)},
+    "balance": {"token": (True, _text), "shares": (True, _shares)},
+    "bids": {"token": (True, _text), "bids": (True, _bids)},
+    "track": {"key": (True, _text), "token": (True, _text), "shares": (True, _shares)},
+    "exit": {"key": (True, _text), "reason": (True, _text), "limit_price": (True, _price), "copies": (False, _count)},
+    "reconcile": {"key": (True, _text)},
+    "fault": {"fault": (True, _choice(("fail_next", "lose_sell_response", "balance_lag", "corrupt_balance",
+                                       "latency"))),
+              "operation": (False, _choice(OPERATIONS)), "error": (False, _choice(tuple(FAULT_ERRORS))),
+              "count": (False, _count), "token": (False, _text), "delay": (False, _seconds),
+              "raw": (False, _raw), "seconds": (False, _seconds)},
+})
+
+_FAULT_NEEDS = {"fail_next": ("operation",), "balance_lag": ("token",), "corrupt_balance": ("token", "raw"),
+                "latency": ("seconds",), "lose_sell_response": ()}
+
+
+def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
+    steps: list[Step] = []
+    tracked: set[str] = set()
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            obj = json.loads(line, parse_float=_refuse_float)
+        except _FloatRefused as err:
+            raise ScenarioError(source, number, "<value>", f"{err}: write quantities as strings") from None
+        except json.JSONDecodeError as err:
+            raise ScenarioError(source, number, "<line>", f"not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict):
+            raise ScenarioError(source, number, "<line>", "must be a JSON object")
+        op = obj.get("op")
+        if op not in _OPS:
+            raise ScenarioError(source, number, "op", f"{op!r} is not one of {', '.join(_OPS)}")
+        if op == "engine" and steps:
+            raise ScenarioError(source, number, "op", "'engine' must be the first step")
+        spec = _OPS[op]
+        unknown = sorted(set(obj) - set(spec) - {"op"})
+        if unknown:
+            raise ScenarioError(source, number, unknown[0], f"unknown field for op {op!r}")
+        args: dict[str, Any] = {}
+        for name, (required, convert) in spec.items():
+            if name not in obj:
+                if required:
+                    raise ScenarioError(source, number, name, "missing")
+                continue
+            try:
+                args[name] = convert(obj[name], name)
+            except InvalidValue as err:
+                raise ScenarioError(source, number, err.field, f"{err.value!r}: {err.why}") from None
+        if op == "fault":
+            for name in _FAULT_NEEDS[args["fault"]]:
+                if name not in obj:
+                    raise ScenarioError(source, number, name, f"missing (needed by fault {args['fault']!r})")
+        if op == "track":
+            tracked.add(args["key"])
+        elif op in ("exit", "reconcile") and args["key"] not in tracked:
+            raise ScenarioError(source, number, "key", f"{args['key']!r} is not tracked by an earlier line")
+        steps.append(Step(number, op, args))
+    return steps
+
+
+class _FloatRefused(ValueError):
+    pass
+
+
+def _refuse_float(text: str) -> float:
+    raise _FloatRefused(f"{text} is a JSON float")
+
+
+def load_scenario(path: Path) -> list[Step]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ScenarioError(str(path), 0, "<file>", f"cannot read: {err.strerror or err}") from None
+    return parse_scenario(text, str(path))
+
+
+def bundled_demo() -> tuple[str, str]:
+    """(name, text) of the demo scenario shipped inside the package."""
+    from importlib.resources import files
+
+    resource = files("engine").joinpath("scenarios/demo.jsonl")
+    return "demo.jsonl", resource.read_text(encoding="utf-8")
+
+
+# -- running -------------------------------------------------------------------------------------
+
+ResultHook = Callable[[Step, ExitResult], None]
+
+
+async def run_scenario(steps: list[Step], *, on_result: ResultHook | None = None,
+                       exchange: PaperExchange | None = None, source: str = "<scenario>") -> ScenarioReport:
+    """Play the steps on a paper exchange. Exits of one step run concurrently; steps run in order.
+
+    A step the engine refuses (a finished position, a price off tick, a token already held) stops the
+    run with a ScenarioError naming its line."""
+    paper = exchange or PaperExchange()
+    retry = RetryPolicy()
+    if steps and steps[0].op == "engine":
+        retry = RetryPolicy(**steps[0].args)
+    report = ScenarioReport()
+    async with ExitEngine(paper, retry=retry) as engine:
+        for step in steps:
+            try:
+                await _play(step, engine, paper, report, on_result)
+            except InvalidValue as err:
+                raise ScenarioError(source, step.line, err.field, f"{err.value!r}: {err.why}") from None
+            except (ExitRefused, PositionConflict, TransitionRefused) as err:
+                raise ScenarioError(source, step.line, "key", str(err)) from None
+        report.final_states = engine.states()
+    return report
+
+
+async def _play(step: Step, engine: ExitEngine, paper: PaperExchange, report: ScenarioReport,
+                on_result: ResultHook | None) -> None:
+    args = step.args
+    if step.op == "market":
+        paper.set_market(args["token"], tick_size=args.get("tick_size", Decimal("0.01")),
+                         min_order_size=args.get("min_order_size", Decimal("5")))
+    elif step.op == "balance":
+        paper.set_balance(args["token"], args["shares"])
+    elif step.op == "bids":
+        paper.set_bids(args["token"], args["bids"])
+    elif step.op == "track":
+        engine.track(Position(key=args["key"], token_id=args["token"], shares=args["shares"]))
+    elif step.op == "exit":
+        results: list[ExitResult] = []
+
+        async def one() -> None:
+            results.append(await engine.exit(args["key"], reason=args["reason"], limit_price=args["limit_price"]))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(args.get("copies", 1)):
+                group.start_soon(one)
+        for result in results:
+            _report(step, result, report, on_result)
+    elif step.op == "reconcile":
+        _report(step, await engine.reconcile(args["key"]), report, on_result)
+    elif step.op == "fault":
+        _inject(paper, args)
+
+
+def _report(step: Step, result: ExitResult, report: ScenarioReport, on_result: ResultHook | None) -> None:
+    report.results.append(result)
+    if on_result is not None:
+        on_result(step, result)
+
+
+def _inject(paper: PaperExchange, args: dict[str, Any]) -> None:
+    fault = args["fault"]
+    if fault == "fail_next":
+        error = FAULT_ERRORS[args.get("error", "transient")]()
+        paper.fail_next(args["operation"], args.get("count", 1), error)
+    elif fault == "lose_sell_response":
+        paper.lose_next_sell_response(args.get("count", 1))
+    elif fault == "balance_lag":
+        paper.lag_balance(args["token"], args.get("delay"))
+    elif fault == "corrupt_balance":
+        paper.corrupt_next_balance(args["token"], args["raw"])
+    elif fault == "latency":
+        paper.latency = args["seconds"] or 0.0
