@@ -185,7 +185,7 @@ class ExitEngine:
         if record.state in IN_FLIGHT_STATES or key in self._reconciling:
             emit("exit_in_progress_refused", key=key, token=record.token_id, state=str(record.state),
                  attempt=record.attempts, reason=reason)
-            return self._finish(record, ExitOutcome.IN_PROGRESS, attempts=0)
+            return self._counted(self._finish(record, ExitOutcome.IN_PROGRESS, attempts=0))
         if record.state is not State.OPEN:
             raise ExitRefused(key, record.state)
         rules = self._rules.get(record.token_id)
@@ -196,7 +196,7 @@ class ExitEngine:
         self._running += 1
         try:
             async with limiter:
-                return await self._run_attempts(record, reason, price)
+                return self._counted(await self._run_attempts(record, reason, price))
         finally:
             self._settle_interrupted(record)
             self._running -= 1
@@ -329,6 +329,9 @@ class ExitEngine:
 
         Never resends. If the lookup itself fails, the position stays SELLING (outcome UNKNOWN).
         """
+        return self._counted(await self._reconcile(key))
+
+    async def _reconcile(self, key: str) -> ExitResult:
         self._require_running()
         record = self._record(key)
         if key in self._reconciling or (record.state is State.SELLING and not record.unresolved):
@@ -426,10 +429,13 @@ class ExitEngine:
             "verify_latency_ms": None if latency is None else round(latency * 1000, 3),
         }
 
+    def _counted(self, result: ExitResult) -> ExitResult:
+        self.metrics.outcomes[str(result.outcome)] += 1
+        return result
+
     def _finish(self, record: PositionRecord, outcome: ExitOutcome, *, attempts: int,
                 price: Decimal | None = None, latency: float | None = None, order_id: str | None = None,
                 error: str | None = None) -> ExitResult:
-        self.metrics.outcomes[outcome] += 1
         if record.state in FINAL_STATES and self._live_by_token.get(record.token_id) == record.key:
             del self._live_by_token[record.token_id]
         sold = record.sold if outcome is ExitOutcome.CLOSED else 0

@@ -20,7 +20,8 @@ def _verdict(event: EventData) -> BalanceVerdict:
 def balance_is_zero_and_settled(event: EventData) -> bool:
     """Without it, a balance cache lagging a fresh buy would be read as "already exited" and the
     position forgotten while the shares are still held."""
-    return _verdict(event).kind is BalanceKind.ALREADY_EXITED
+    verdict = _verdict(event)
+    return verdict.kind is BalanceKind.ALREADY_EXITED and verdict.actual == 0
 
 
 def balance_is_sellable(event: EventData) -> bool:
