@@ -31,3 +31,8 @@ def test_diagram_check_fails_on_a_stale_file(tmp_path: Path, capsys) -> None:
     (tmp_path / "position.mmd").write_text("stateDiagram-v2\n", encoding="utf-8")
     assert main(["diagram", "--out", str(tmp_path), "--check"]) == 1
     assert "stale" in capsys.readouterr().err
+
+
+def test_readme_shows_the_current_diagram() -> None:
+    readme = (DIAGRAM_DIR.parent / "README.md").read_text(encoding="utf-8")
+    assert "```mermaid\n" + to_mermaid() + "```" in readme
