@@ -77,12 +77,15 @@ class ExitEngine:
     ) -> None:
         if journal is not None:
             raise InvalidValue("journal", journal, "the durable journal is not available yet; pass journal=None")
-        if not isinstance(max_concurrent_exits, int) or max_concurrent_exits < 1:
+        if isinstance(max_concurrent_exits, bool) or not isinstance(max_concurrent_exits, int) \
+                or max_concurrent_exits < 1:
             raise InvalidValue("max_concurrent_exits", max_concurrent_exits, "must be an integer >= 1")
         for name, seconds in (("permit_max_age", permit_max_age), ("verify_timeout", verify_timeout),
                               ("sell_timeout", sell_timeout)):
-            if not seconds > 0:
-                raise InvalidValue(name, seconds, "must be positive seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                raise InvalidValue(name, seconds, "must be a positive number of seconds")
+        if not isinstance(settlement_window, timedelta) or settlement_window < timedelta(0):
+            raise InvalidValue("settlement_window", settlement_window, "must be a timedelta >= 0")
         self.exchange = exchange
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()

@@ -126,7 +126,7 @@ class PaperExchange:
         """The next `count` calls of `operation` raise `error` without acting (default: a 503)."""
         if operation not in OPERATIONS:
             raise InvalidValue("operation", operation, f"must be one of {', '.join(OPERATIONS)}")
-        if not isinstance(count, int) or count < 1:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise InvalidValue("count", count, "must be an integer >= 1")
         for _ in range(count):
             self._failures[operation].append(error or TransientError("paper: injected failure", status=503))

@@ -90,14 +90,29 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
+def _refuse_json_float(value: Any, name: str) -> None:
+    if isinstance(value, JsonFloat):
+        raise InvalidValue(name, value, "is a JSON float, which is not exact: write it as a string")
+
+
 def _shares(value: Any, name: str) -> Decimal:
+    _refuse_json_float(value, name)
     if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise InvalidValue(name, value, "must be a decimal string such as \"10.5\"")
-    shares_to_micro(value, name)
+        raise InvalidValue(name, value, "must be a decimal string such as \"10.5\" (a JSON float is not exact)")
+    if shares_to_micro(value, name) < 0:
+        raise InvalidValue(name, value, "must not be negative")
     return Decimal(value)
 
 
+def _positive_shares(value: Any, name: str) -> Decimal:
+    shares = _shares(value, name)
+    if shares <= 0:
+        raise InvalidValue(name, value, "must be positive")
+    return shares
+
+
 def _price(value: Any, name: str) -> Decimal:
+    _refuse_json_float(value, name)
     if not isinstance(value, str):
         raise InvalidValue(name, value, "must be a decimal string such as \"0.55\"")
     return parse_price(value, name)
@@ -130,7 +145,8 @@ def _bids(value: Any, name: str) -> list[tuple[Decimal, Decimal]]:
     for index, level in enumerate(value):
         if not isinstance(level, list) or len(level) != 2:
             raise InvalidValue(f"{name}[{index}]", level, "must be a [price, size] pair")
-        bids.append((_price(level[0], f"{name}[{index}].price"), _shares(level[1], f"{name}[{index}].size")))
+        bids.append((_price(level[0], f"{name}[{index}].price"),
+                     _positive_shares(level[1], f"{name}[{index}].size")))
     return bids
 
 
@@ -152,7 +168,7 @@ _OPS.update({
     "market": {"token": (True, _text), "tick_size": (False, _price), "min_order_size": (False, _shares)},
     "balance": {"token": (True, _text), "shares": (True, _shares)},
     "bids": {"token": (True, _text), "bids": (True, _bids)},
-    "track": {"key": (True, _text), "token": (True, _text), "shares": (True, _shares)},
+    "track": {"key": (True, _text), "token": (True, _text), "shares": (True, _positive_shares)},
     "exit": {"key": (True, _text), "reason": (True, _text), "limit_price": (True, _price), "copies": (False, _count)},
     "reconcile": {"key": (True, _text)},
     "fault": {"fault": (True, _choice(("fail_next", "lose_sell_response", "balance_lag", "corrupt_balance",
@@ -174,9 +190,7 @@ def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
         if not line or line.startswith("#"):
             continue
         try:
-            obj = json.loads(line, parse_float=_refuse_float)
-        except _FloatRefused as err:
-            raise ScenarioError(source, number, "<value>", f"{err}: write quantities as strings") from None
+            obj = json.loads(line, parse_float=JsonFloat)
         except json.JSONDecodeError as err:
             raise ScenarioError(source, number, "<line>", f"not valid JSON ({err.msg})") from None
         if not isinstance(obj, dict):
@@ -204,6 +218,11 @@ def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
             for name in _FAULT_NEEDS[args["fault"]]:
                 if name not in obj:
                     raise ScenarioError(source, number, name, f"missing (needed by fault {args['fault']!r})")
+        if op == "engine":
+            try:
+                RetryPolicy(**args)  # checked now so that a bad policy stops the file before it runs
+            except InvalidValue as err:
+                raise ScenarioError(source, number, err.field, f"{err.value!r}: {err.why}") from None
         if op == "track":
             tracked.add(args["key"])
         elif op in ("exit", "reconcile") and args["key"] not in tracked:
@@ -212,12 +231,8 @@ def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
     return steps
 
 
-class _FloatRefused(ValueError):
-    pass
-
-
-def _refuse_float(text: str) -> float:
-    raise _FloatRefused(f"{text} is a JSON float")
+class JsonFloat(float):
+    """A JSON number with a fraction or exponent: fine for seconds, refused for shares and prices."""
 
 
 def load_scenario(path: Path) -> list[Step]:
@@ -278,13 +293,20 @@ async def _play(step: Step, engine: ExitEngine, paper: PaperExchange, report: Sc
         engine.track(Position(key=args["key"], token_id=args["token"], shares=args["shares"]))
     elif step.op == "exit":
         results: list[ExitResult] = []
+        refusals: list[Exception] = []
 
         async def one() -> None:
-            results.append(await engine.exit(args["key"], reason=args["reason"], limit_price=args["limit_price"]))
+            try:
+                results.append(await engine.exit(args["key"], reason=args["reason"],
+                                                 limit_price=args["limit_price"]))
+            except (InvalidValue, ExitRefused, PositionConflict, TransitionRefused) as err:
+                refusals.append(err)  # raised below as itself, not wrapped in an ExceptionGroup
 
         async with anyio.create_task_group() as group:
             for _ in range(args.get("copies", 1)):
                 group.start_soon(one)
+        if refusals:
+            raise refusals[0]
         for result in results:
             _report(step, result, report, on_result)
     elif step.op == "reconcile":
