@@ -37,19 +37,7 @@ def parse_raw_balance(value: object, field: str = "balance") -> int:
     """
     if value is None:
         raise InvalidValue(field, value, "missing from the exchange's answer")
-    if isinstance(value, bool) or isinstance(value, float):
-        raise InvalidValue(field, value, "must be an exact integer count of raw units, not a float/bool")
-    if isinstance(value, int):
-        raw = Decimal(value)
-    elif isinstance(value, (str, Decimal)):
-        try:
-            raw = Decimal(value.strip() if isinstance(value, str) else value)
-        except InvalidOperation:
-            raise InvalidValue(field, value, "not a number") from None
-    else:
-        raise InvalidValue(field, value, f"unexpected type {type(value).__name__}")
-    if not raw.is_finite():
-        raise InvalidValue(field, value, "not a finite number")
+    raw = _decimal(value, field)
     if raw < 0:
         raise InvalidValue(field, value, "negative")
     if raw != raw.to_integral_value():
