@@ -361,9 +361,12 @@ class ExitEngine:
         finally:
             self._reconciling.discard(key)
         sent = permit.shares
-        if lookup.status is LookupStatus.FILLED and lookup.fill is not None:
-            fire(record, "resolved_filled", shares=lookup.fill.shares)
-            outcome, actual, order_id = ExitOutcome.CLOSED, lookup.fill.shares, lookup.fill.order_id
+        if lookup.status is LookupStatus.FILLED:
+            # A FOK fills all or nothing: without fill details, "filled" still means the permit's shares.
+            actual = lookup.fill.shares if lookup.fill is not None else sent
+            order_id = lookup.fill.order_id if lookup.fill is not None else None
+            fire(record, "resolved_filled", shares=actual)
+            outcome = ExitOutcome.CLOSED
         elif balance == 0:
             fire(record, "resolved_gone")
             outcome, actual, order_id = ExitOutcome.ALREADY_EXITED, 0, None
