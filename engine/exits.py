@@ -101,6 +101,8 @@ class ExitEngine:
         self._live_by_token: dict[str, str] = {}
         self._rules: dict[str, MarketRules] = {}
         self._reconciling: set[str] = set()
+        self._cache_suspect: set[str] = set()
+        """Tokens whose exchange balance cache read higher than the exchange would sell: refresh first."""
         self._limiter: anyio.CapacityLimiter | None = None
         self._running = 0
         self._idle: anyio.Event | None = None
@@ -267,9 +269,14 @@ class ExitEngine:
 
     async def _verified_balance(self, record: PositionRecord) -> int:
         """The exchange's balance in micro-shares. A reading below the expected shares may be the
-        exchange's cache lagging a buy, so it is refreshed and read once more before it counts."""
+        exchange's cache lagging a buy, so it is refreshed and read once more before it counts; after
+        the exchange refused a sell for lack of balance, the cache is refreshed before the first read."""
         token = record.token_id
         field = f"balance[token_id={token}]"
+        if token in self._cache_suspect:
+            await self.exchange.refresh_balance(token)
+            self.metrics.balance_refreshes += 1
+            self._cache_suspect.discard(token)
         balance = parse_raw_balance(await self.exchange.get_balance(token), field)
         if balance < record.expected:
             await self.exchange.refresh_balance(token)
@@ -306,6 +313,7 @@ class ExitEngine:
                 emit("exit_not_filled", **fields, shares=permit.share_amount, limit_price=price,
                      error=str(err), error_type=type(err).__name__)
                 if isinstance(err, InsufficientBalance):
+                    self._cache_suspect.add(record.token_id)
                     self._diverge(DivergenceKind.INSUFFICIENT_BALANCE, record, permit.shares, None)
                 return self._finish(record, ExitOutcome.NOT_FILLED, attempts=attempts, price=price,
                                     latency=latency, error=str(err)), isinstance(err, OrderKilled)

@@ -352,3 +352,18 @@ async def test_leaving_the_engine_waits_for_exits_in_flight(exchange: PaperExcha
             group.start_soon(exit_later)
             await anyio.lowlevel.checkpoint()
         assert [result.outcome for result in results] == [ExitOutcome.CLOSED]
+
+
+async def test_after_not_enough_balance_the_next_verification_refreshes_the_cache_first(
+        exchange: PaperExchange, clock: ManualClock) -> None:
+    exchange.lag_balance("tok", delay=None)
+    exchange.set_balance("tok", Decimal("6"))  # sold elsewhere; the cache still shows 10
+    async with ExitEngine(exchange, clock=clock) as engine:
+        engine.track(Position("p1", "tok", Decimal("10")))
+        refused = await engine.exit("p1", reason="r", limit_price=P)
+        assert refused.outcome is ExitOutcome.NOT_FILLED
+
+        retried = await engine.exit("p1", reason="r", limit_price=P)
+
+    assert (retried.outcome, retried.shares_sold) == (ExitOutcome.CLOSED, Decimal("6"))
+    assert [sell.status for sell in exchange.sells] == [SellStatus.REJECTED, SellStatus.FILLED]
