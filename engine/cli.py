@@ -90,12 +90,13 @@ def _summary(report: ScenarioReport, out: TextIO) -> None:
     print(f"{'position':<16} {'expected':>9} {'verified':>9} {'sold':>8} {'residual':>9}  {'last outcome':<15} state",
           file=out)
     for key, state in report.final_states.items():
-        result = last.get(key)
-        if result is None:
+        final = last.get(key)
+        if final is None:
             print(f"{key:<16} {'':>9} {'':>9} {'0':>8} {'':>9}  {'(no exit)':<15} {state}", file=out)
             continue
-        print(f"{key:<16} {result.expected_shares:>9} {'-' if result.verified_balance is None else str(result.verified_balance):>9} "
-              f"{sold.get(key, Decimal(0)):>8} {result.residual_shares:>9}  {result.outcome:<15} {state}", file=out)
+        verified = "-" if final.verified_balance is None else str(final.verified_balance)
+        print(f"{key:<16} {final.expected_shares:>9} {verified:>9} {sold.get(key, Decimal(0)):>8} "
+              f"{final.residual_shares:>9}  {final.outcome:<15} {state}", file=out)
     outcomes = Counter(str(result.outcome) for result in report.results)
     print("\noutcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items())), file=out)
 

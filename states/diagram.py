@@ -18,10 +18,9 @@ def _edges(machine: Machine) -> Iterator[tuple[str, str, str]]:
     for name, event in machine.events.items():
         for source, transitions in event.transitions.items():
             for transition in transitions:
-                guards = [
-                    cond.func.__name__ if cond.target else f"not {cond.func.__name__}"
-                    for cond in transition.conditions
-                ]
+                names = [getattr(cond.func, "__name__", str(cond.func)) for cond in transition.conditions]
+                guards = [name if cond.target else f"not {name}"
+                          for name, cond in zip(names, transition.conditions, strict=True)]
                 label = name + (f" [{' and '.join(guards)}]" if guards else "")
                 yield source, transition.dest or source, label
 

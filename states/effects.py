@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from transitions import EventData
 
+from states.errors import InvalidValue
+
 from states.permit import SellPermit
+from states.record import record_of
 
 
 def begin_attempt(event: EventData) -> None:
-    record = event.model
+    attempt_id = event.kwargs["attempt_id"]
+    if not isinstance(attempt_id, str) or not attempt_id:
+        raise InvalidValue("attempt_id", attempt_id, "must be a non-empty string")
+    record = record_of(event)
     record.attempts += 1
-    record.attempt_id = event.kwargs["attempt_id"]
+    record.attempt_id = attempt_id
     record.reason = event.kwargs["reason"]
     record.limit_price = event.kwargs["limit_price"]
     record.verified_balance = None
 
 
 def record_verified_balance(event: EventData) -> None:
-    event.model.verified_balance = event.kwargs["verdict"].actual
+    record_of(event).verified_balance = event.kwargs["verdict"].actual
 
 
 def record_residual(event: EventData) -> None:
-    event.model.residual = event.kwargs["verdict"].residual
+    record_of(event).residual = event.kwargs["verdict"].residual
 
 
 def issue_sell_permit(event: EventData) -> None:
     """The one place a SellPermit is created: from the verdict this transition was guarded on."""
-    record = event.model
+    record = record_of(event)
     verdict = event.kwargs["verdict"]
     record.residual = verdict.residual
     record.permit = SellPermit(
@@ -35,21 +43,22 @@ def issue_sell_permit(event: EventData) -> None:
         shares=verdict.sell,
         verified_balance=verdict.actual,
         verified_at=event.kwargs["verified_at"],
-        attempt_id=record.attempt_id,
+        # begin_attempt set it on request_exit, the only edge into VERIFYING.
+        attempt_id=cast(str, record.attempt_id),
     )
 
 
 def record_sold(event: EventData) -> None:
-    event.model.sold += event.kwargs["shares"]
+    record_of(event).sold += event.kwargs["shares"]
 
 
 def flag_unresolved(event: EventData) -> None:
-    event.model.unresolved = True
+    record_of(event).unresolved = True
 
 
 def end_sell_attempt(event: EventData) -> None:
     """Leaving SELLING: any permit is spent, nothing is in flight any more."""
-    record = event.model
+    record = record_of(event)
     record.permit = None
     record.inflight = None
     record.unresolved = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 from transitions import EventData
 
 from states.balance import BalanceKind, BalanceVerdict
+from states.record import record_of
 
 
 def _verdict(event: EventData) -> BalanceVerdict:
@@ -45,9 +46,9 @@ def exchange_said_no_fill(event: EventData) -> bool:
 
 def sell_answer_pending(event: EventData) -> bool:
     """The answer to our own post may move SELLING on; once the outcome is unknown only a lookup may."""
-    return not event.model.unresolved
+    return not record_of(event).unresolved
 
 
 def outcome_is_unresolved(event: EventData) -> bool:
     """Reconciliation settles unknown outcomes only; it must not race a post whose answer is pending."""
-    return bool(event.model.unresolved)
+    return record_of(event).unresolved

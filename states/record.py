@@ -9,6 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import cast
+
+from transitions import EventData
 
 from states.permit import SellPermit
 
@@ -68,3 +71,8 @@ class PositionRecord:
 
     def __repr__(self) -> str:
         return f"PositionRecord(key={self.key!r}, token_id={self.token_id!r}, state={self.state}, expected={self.expected})"
+
+
+def record_of(event: EventData) -> PositionRecord:
+    """The record a trigger is driving (transitions types the model as `object`)."""
+    return cast(PositionRecord, event.model)

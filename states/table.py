@@ -22,7 +22,7 @@ from states.guards import (
 )
 from states.record import State
 
-Callback = Callable[[EventData], object]
+Callback = Callable[[EventData], bool | None]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from engine import (
     ExitOutcome,
     InsufficientBalance,
     ManualClock,
-    OrderKilled,
     Position,
     RetryPolicy,
     TransientError,

@@ -26,7 +26,6 @@ from engine.scenario import (
     parse_scenario,
     run_scenario,
 )
-from states import InvalidValue
 
 SOURCE = "bad.jsonl"
 
