@@ -14,7 +14,15 @@ import anyio
 from engine import __version__
 from engine.logs import configure_logging
 from engine.position import ExitOutcome, ExitResult
-from engine.scenario import ScenarioError, ScenarioReport, Step, bundled_demo, load_scenario, parse_scenario, run_scenario
+from engine.scenario import (
+    ScenarioError,
+    ScenarioReport,
+    Step,
+    bundled_demo,
+    load_scenario,
+    parse_scenario,
+    run_scenario,
+)
 from states.diagram import DIAGRAMS
 
 

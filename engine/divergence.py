@@ -121,12 +121,14 @@ class DivergenceDetector:
         emit(
             "divergence_alert",
             scope=alert.scope,
-            token=token_id,
+            key=event.position_key,
+            token=event.token_id,
             count=count,
             threshold=self.threshold,
             window_s=self.window,
             last_kind=str(event.kind),
-            key=event.position_key,
+            last_expected=event.expected,
+            last_actual=event.actual,
         )
         if self.on_alert is not None:
             try:

@@ -188,8 +188,8 @@ class ExitEngine:
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidValue("reason", reason, "must be a non-empty string")
         if record.state in IN_FLIGHT_STATES or key in self._reconciling:
-            emit("exit_in_progress_refused", key=key, token=record.token_id, state=str(record.state),
-                 attempt=record.attempts, reason=reason)
+            emit("exit_in_progress_refused", **self._fields(record, None), state=str(record.state),
+                 reason=reason)
             return self._counted(self._finish(record, ExitOutcome.IN_PROGRESS, attempts=0))
         if record.state is not State.OPEN:
             raise ExitRefused(key, record.state)
@@ -218,7 +218,7 @@ class ExitEngine:
             next_price = self.retry.next_price(first_price, price, self._rules[record.token_id].tick_size)
             if next_price is None:
                 return result
-            emit("exit_retrying", key=record.key, token=record.token_id, attempt=attempts + 1,
+            emit("exit_retrying", **self._fields(record, result.verify_latency), next_attempt=attempts + 1,
                  limit_price=next_price, previous_limit_price=price)
             price = next_price
             attempts += 1
@@ -346,8 +346,8 @@ class ExitEngine:
         self._require_running()
         record = self._record(key)
         if key in self._reconciling or (record.state is State.SELLING and not record.unresolved):
-            emit("exit_in_progress_refused", key=key, token=record.token_id, state=str(record.state),
-                 attempt=record.attempts, reason="reconcile")
+            emit("exit_in_progress_refused", **self._fields(record, None), state=str(record.state),
+                 reason="reconcile")
             return self._finish(record, ExitOutcome.IN_PROGRESS, attempts=0)
         if not record.unresolved or record.inflight is None:
             raise TransitionRefused(key, record.state, "reconcile", "no unknown outcome to settle")
@@ -363,7 +363,7 @@ class ExitEngine:
                     balance = parse_raw_balance(await self.exchange.get_balance(record.token_id),
                                                 f"balance[token_id={record.token_id}]")
         except (ExchangeError, InvalidValue, TimeoutError) as err:
-            emit("exit_reconcile_failed", key=key, token=record.token_id, attempt=record.attempts,
+            emit("exit_reconcile_failed", **self._fields(record, None),
                  error=str(err) or type(err).__name__)
             return self._finish(record, ExitOutcome.UNKNOWN, attempts=0, error=str(err) or type(err).__name__)
         finally:
@@ -381,7 +381,7 @@ class ExitEngine:
         else:
             fire(record, "resolved_not_filled")
             outcome, actual, order_id = ExitOutcome.NOT_FILLED, 0, None
-        emit("exit_outcome_resolved", key=key, token=record.token_id, attempt=record.attempts,
+        emit("exit_outcome_resolved", **self._fields(record, None),
              lookup=str(lookup.status), state=str(record.state), sent=micro_to_shares(sent),
              filled=micro_to_shares(actual))
         self._diverge(DivergenceKind.UNKNOWN_OUTCOME_RESOLVED, record, sent, actual)
@@ -403,7 +403,7 @@ class ExitEngine:
                 self._diverge(DivergenceKind.UNKNOWN_OUTCOME, record, record.inflight.shares, None)
         else:
             return
-        emit("exit_interrupted", key=record.key, token=record.token_id, attempt=record.attempts,
+        emit("exit_interrupted", **self._fields(record, None),
              state=str(record.state), unresolved=record.unresolved)
 
     def _verify_failed(self, record: PositionRecord, error: str, error_type: str, latency: float) -> None:

@@ -35,7 +35,8 @@ EVENTS: dict[str, str] = {
 def emit(event: str, **fields: object) -> None:
     level = EVENTS[event]
     text = " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
-    logger.bind(event=event, **fields).log(level, f"{event} {text}" if text else event)
+    # depth=1: the record names the engine function that emitted, not this helper.
+    logger.opt(depth=1).bind(event=event, **fields).log(level, f"{event} {text}" if text else event)
 
 
 HUMAN_FORMAT = "<green>{time:HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | {message}"

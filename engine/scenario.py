@@ -34,10 +34,10 @@ import anyio
 from engine.errors import (
     ExchangeError,
     ExitRefused,
-    PositionConflict,
     InsufficientBalance,
     OrderKilled,
     OrderRejected,
+    PositionConflict,
     TransientError,
     UnknownOutcome,
 )

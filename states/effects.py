@@ -7,7 +7,6 @@ from typing import cast
 from transitions import EventData
 
 from states.errors import InvalidValue
-
 from states.permit import SellPermit
 from states.record import record_of
 

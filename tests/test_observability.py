@@ -6,9 +6,18 @@ import io
 import json
 from decimal import Decimal
 
+import anyio
 import pytest
 
-from engine import DivergenceDetector, DivergenceEvent, DivergenceKind, ExitEngine, ManualClock, Position
+from engine import (
+    DivergenceDetector,
+    DivergenceEvent,
+    DivergenceKind,
+    ExitEngine,
+    ManualClock,
+    Position,
+    RetryPolicy,
+)
 from engine.logs import EVENTS, configure_logging, emit
 from engine.metrics import LatencyRecorder
 from engine.paper import PaperExchange
@@ -26,20 +35,33 @@ def event(kind: DivergenceKind = DivergenceKind.BALANCE_MISMATCH, token: str = "
 @pytest.mark.anyio
 async def test_exit_events_carry_key_token_attempt_and_verify_latency(clock: ManualClock, logs) -> None:
     exchange = PaperExchange(clock=clock)
-    for token, balance, bid in (("a", "10", "0.60"), ("b", "9", "0.60"), ("c", "0", "0.60"), ("d", "10", "0.10")):
+    for token, balance, bid in (("a", "10", "0.60"), ("b", "9", "0.60"), ("c", "0", "0.60"), ("d", "10", "0.10"),
+                                ("e", "3", "0.60"), ("f", "10", "0.60"), ("g", "10", "0.54")):
         exchange.set_balance(token, Decimal(balance))
         exchange.set_bids(token, [(Decimal(bid), Decimal("100"))])
-    async with ExitEngine(exchange, clock=clock) as engine:
-        for token in "abcd":
+    async with ExitEngine(exchange, clock=clock, retry=RetryPolicy(max_attempts=2, step_ticks=1,
+                                                                   max_slippage=Decimal("0.01"))) as engine:
+        for token in "abcdefg":
             engine.track(Position(token, token, Decimal("10")))
+        for token in "abcdeg":
             await engine.exit(token, reason="r", limit_price=P)
+        exchange.lose_next_sell_response()
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: engine.exit("f", reason="r", limit_price=P))
+            group.start_soon(lambda: engine.exit("f", reason="r", limit_price=P))
+        exchange.fail_next("lookup_sell")
+        await engine.reconcile("f")
+        await engine.reconcile("f")
+        exchange.corrupt_next_balance("d", "NaN")
+        await engine.exit("d", reason="r", limit_price=P)
 
     emitted = {record["event"] for record in logs.records}
-    assert {"exit_filled", "exit_balance_mismatch", "exit_already_complete", "exit_not_filled"} <= emitted
+    assert {"exit_filled", "exit_balance_mismatch", "exit_already_complete", "exit_not_filled",
+            "exit_dust_residual", "exit_retrying", "exit_in_progress_refused", "exit_outcome_unknown",
+            "exit_reconcile_failed", "exit_outcome_resolved", "balance_verify_failed"} <= emitted
     for record in logs.records:
-        if record["event"] in ("position_tracked",):
-            continue
-        assert {"key", "token", "attempt", "verify_latency_ms"} <= record.keys(), record["event"]
+        if record["event"].startswith(("exit_", "balance_")):
+            assert {"key", "token", "attempt", "verify_latency_ms"} <= record.keys(), record["event"]
 
 
 def test_every_emitted_event_is_a_known_name() -> None:
