@@ -6,10 +6,13 @@ list below is the complete vocabulary. Fields travel in loguru's `extra` (JSON l
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TextIO
 
 from loguru import logger
+
+from states import MACHINE
 
 EVENTS: dict[str, str] = {
     "position_tracked": "DEBUG",
@@ -53,3 +56,17 @@ def configure_logging(*, json: bool = False, level: str = "INFO", sink: TextIO |
     if json:
         return logger.add(target, level=level, serialize=True)
     return logger.add(target, level=level, format=HUMAN_FORMAT, colorize=False)
+
+
+class _DropPositionMachineChatter(logging.Filter):
+    """`transitions` logs every state enter/exit of every machine at INFO through stdlib logging. For
+    the position machine those lines repeat, unstructured, what the engine's own events say, and a bot
+    with `logging.basicConfig(level=INFO)` would get two per transition. Only this machine's records
+    are dropped; other machines in the host process keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and args[0] == MACHINE.name)
+
+
+logging.getLogger("transitions.core").addFilter(_DropPositionMachineChatter())

@@ -160,3 +160,13 @@ def test_latency_window_bounds_memory_but_count_and_max_are_all_time() -> None:
         recorder.record(ms / 1000)
     summary = recorder.summary()
     assert (summary.count, summary.max, summary.p99) == (21, 0.5, 0.02)
+
+
+@pytest.mark.anyio
+async def test_transitions_library_chatter_for_the_position_machine_is_not_logged(
+        exchange: PaperExchange, clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    async with ExitEngine(exchange, clock=clock) as engine:
+        engine.track(Position("p1", "tok", Decimal("10")))
+        await engine.exit("p1", reason="r", limit_price=P)
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("transitions")] == []
