@@ -45,6 +45,7 @@ from states import (
     assess_balance,
     fire,
     micro_to_shares,
+    parse_count,
     parse_price,
     parse_raw_balance,
     permit_is_fresh,
@@ -77,9 +78,7 @@ class ExitEngine:
     ) -> None:
         if journal is not None:
             raise InvalidValue("journal", journal, "the durable journal is not available yet; pass journal=None")
-        if isinstance(max_concurrent_exits, bool) or not isinstance(max_concurrent_exits, int) \
-                or max_concurrent_exits < 1:
-            raise InvalidValue("max_concurrent_exits", max_concurrent_exits, "must be an integer >= 1")
+        parse_count(max_concurrent_exits, "max_concurrent_exits")
         for name, seconds in (("permit_max_age", permit_max_age), ("verify_timeout", verify_timeout),
                               ("sell_timeout", sell_timeout)):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:

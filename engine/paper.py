@@ -27,7 +27,15 @@ from engine.errors import (
     UnknownOutcome,
 )
 from engine.exchange import Fill, LookupStatus, SellLookup
-from states import InvalidValue, MarketRules, SellPermit, micro_to_shares, parse_price, shares_to_micro
+from states import (
+    InvalidValue,
+    MarketRules,
+    SellPermit,
+    micro_to_shares,
+    parse_count,
+    parse_price,
+    shares_to_micro,
+)
 
 OPERATIONS = ("get_balance", "refresh_balance", "market_rules", "sell", "lookup_sell")
 
@@ -126,8 +134,7 @@ class PaperExchange:
         """The next `count` calls of `operation` raise `error` without acting (default: a 503)."""
         if operation not in OPERATIONS:
             raise InvalidValue("operation", operation, f"must be one of {', '.join(OPERATIONS)}")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise InvalidValue("count", count, "must be an integer >= 1")
+        parse_count(count, "count")
         for _ in range(count):
             self._failures[operation].append(error or TransientError("paper: injected failure", status=503))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from states import InvalidValue, stepped_down_price
+from states import InvalidValue, parse_count, stepped_down_price
 from states.quantities import shares_to_micro
 
 
@@ -22,10 +22,8 @@ class RetryPolicy:
     max_slippage: Decimal = field(default=Decimal(0))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise InvalidValue("max_attempts", self.max_attempts, "must be an integer >= 1")
-        if not isinstance(self.step_ticks, int) or self.step_ticks < 0:
-            raise InvalidValue("step_ticks", self.step_ticks, "must be an integer >= 0")
+        parse_count(self.max_attempts, "max_attempts")
+        parse_count(self.step_ticks, "step_ticks", minimum=0)
         shares_to_micro(self.max_slippage, "max_slippage")  # exact Decimal check
         if self.max_slippage < 0:
             raise InvalidValue("max_slippage", self.max_slippage, "must not be negative")

@@ -45,7 +45,7 @@ from engine.exits import ExitEngine
 from engine.paper import OPERATIONS, PaperExchange
 from engine.position import ExitResult, Position
 from engine.retry import RetryPolicy
-from states import InvalidValue, TransitionRefused, parse_price, shares_to_micro
+from states import InvalidValue, TransitionRefused, parse_count, parse_price, shares_to_micro
 
 FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
     "killed": lambda: OrderKilled("order couldn't be fully filled. FOK orders are fully filled or killed.", status=400),
@@ -118,18 +118,6 @@ def _price(value: Any, name: str) -> Decimal:
     return parse_price(value, name)
 
 
-def _count(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidValue(name, value, "must be an integer >= 1")
-    return value
-
-
-def _non_negative(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidValue(name, value, "must be an integer >= 0")
-    return value
-
-
 def _seconds(value: Any, name: str) -> float | None:
     if value is None:
         return None
@@ -163,18 +151,18 @@ def _raw(value: Any, name: str) -> Any:
 
 
 _OPS.update({
-    "engine": {"max_attempts": (False, _count), "step_ticks": (False, _non_negative),
+    "engine": {"max_attempts": (False, parse_count), "step_ticks": (False, lambda v, n: parse_count(v, n, 0)),
                "max_slippage": (False, _shares)},
     "market": {"token": (True, _text), "tick_size": (False, _price), "min_order_size": (False, _shares)},
     "balance": {"token": (True, _text), "shares": (True, _shares)},
     "bids": {"token": (True, _text), "bids": (True, _bids)},
     "track": {"key": (True, _text), "token": (True, _text), "shares": (True, _positive_shares)},
-    "exit": {"key": (True, _text), "reason": (True, _text), "limit_price": (True, _price), "copies": (False, _count)},
+    "exit": {"key": (True, _text), "reason": (True, _text), "limit_price": (True, _price), "copies": (False, parse_count)},
     "reconcile": {"key": (True, _text)},
     "fault": {"fault": (True, _choice(("fail_next", "lose_sell_response", "balance_lag", "corrupt_balance",
                                        "latency"))),
               "operation": (False, _choice(OPERATIONS)), "error": (False, _choice(tuple(FAULT_ERRORS))),
-              "count": (False, _count), "token": (False, _text), "delay": (False, _seconds),
+              "count": (False, parse_count), "token": (False, _text), "delay": (False, _seconds),
               "raw": (False, _raw), "seconds": (False, _seconds)},
 })
 

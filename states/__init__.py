@@ -5,7 +5,14 @@ from states.errors import InvalidValue, PermitError, TransitionRefused
 from states.machine import MACHINE, allowed_triggers, fire
 from states.market import MarketRules, stepped_down_price
 from states.permit import DEFAULT_PERMIT_MAX_AGE, SellPermit, permit_is_fresh, take_permit
-from states.quantities import MICRO, micro_to_shares, parse_price, parse_raw_balance, shares_to_micro
+from states.quantities import (
+    MICRO,
+    micro_to_shares,
+    parse_count,
+    parse_price,
+    parse_raw_balance,
+    shares_to_micro,
+)
 from states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionRecord, State
 from states.table import TABLE, TRIGGERS, Edge
 
@@ -31,6 +38,7 @@ __all__ = [
     "assess_balance",
     "fire",
     "micro_to_shares",
+    "parse_count",
     "parse_price",
     "parse_raw_balance",
     "permit_is_fresh",

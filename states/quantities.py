@@ -53,6 +53,13 @@ def parse_price(value: object, field: str = "limit_price") -> Decimal:
     return price
 
 
+def parse_count(value: object, field: str, minimum: int = 1) -> int:
+    """A whole-number setting (attempts, ticks, concurrency). bool is refused: True is not a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidValue(field, value, f"must be an integer >= {minimum}")
+    return value
+
+
 def round_down_to_step(micro: int, step_micro: int) -> int:
     """Largest multiple of the exchange's size step not above `micro`; selling never rounds up."""
     return micro - micro % step_micro
