@@ -271,17 +271,20 @@ class ExitEngine:
         exchange's cache lagging a buy, so it is refreshed and read once more before it counts; after
         the exchange refused a sell for lack of balance, the cache is refreshed before the first read."""
         token = record.token_id
-        field = f"balance[token_id={token}]"
         if token in self._cache_suspect:
-            await self.exchange.refresh_balance(token)
-            self.metrics.balance_refreshes += 1
             self._cache_suspect.discard(token)
-        balance = parse_raw_balance(await self.exchange.get_balance(token), field)
+            return await self._read_balance(token, refresh=True)
+        balance = await self._read_balance(token, refresh=False)
         if balance < record.expected:
+            balance = await self._read_balance(token, refresh=True)
+        return balance
+
+    async def _read_balance(self, token: str, *, refresh: bool) -> int:
+        """One balance read in micro-shares, after a cache refresh when asked; malformed answers raise."""
+        if refresh:
             await self.exchange.refresh_balance(token)
             self.metrics.balance_refreshes += 1
-            balance = parse_raw_balance(await self.exchange.get_balance(token), field)
-        return balance
+        return parse_raw_balance(await self.exchange.get_balance(token), f"balance[token_id={token}]")
 
     async def _market_rules(self, token: str) -> MarketRules:
         rules = self._rules.get(token)
@@ -296,8 +299,9 @@ class ExitEngine:
                     latency: float) -> tuple[ExitResult, bool]:
         permit = take_permit(record)
         fields = self._fields(record, latency)
-        age = self.clock.monotonic() - permit.verified_at
-        if not permit_is_fresh(permit, self.clock.monotonic(), self.permit_max_age):
+        now = self.clock.monotonic()
+        age = now - permit.verified_at
+        if not permit_is_fresh(permit, now, self.permit_max_age):
             fire(record, "sell_killed", reason="permit expired before sending", definitely_not_filled=True)
             emit("exit_permit_expired", **fields, permit_age_s=round(age, 3), max_age_s=self.permit_max_age)
             return self._finish(record, ExitOutcome.NOT_FILLED, attempts=attempts, price=price, latency=latency,
@@ -357,10 +361,7 @@ class ExitEngine:
                 lookup = await self.exchange.lookup_sell(permit)
                 balance = None
                 if lookup.status is not LookupStatus.FILLED:
-                    await self.exchange.refresh_balance(record.token_id)
-                    self.metrics.balance_refreshes += 1
-                    balance = parse_raw_balance(await self.exchange.get_balance(record.token_id),
-                                                f"balance[token_id={record.token_id}]")
+                    balance = await self._read_balance(record.token_id, refresh=True)
         except (ExchangeError, InvalidValue, TimeoutError) as err:
             emit("exit_reconcile_failed", **self._fields(record, None),
                  error=str(err) or type(err).__name__)
