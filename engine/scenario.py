@@ -42,14 +42,14 @@ from engine.errors import (
     UnknownOutcome,
 )
 from engine.exits import ExitEngine
-from engine.paper import OPERATIONS, PaperExchange
+from engine.paper import KILLED_MESSAGE, NO_BALANCE_MESSAGE, OPERATIONS, PaperExchange
 from engine.position import ExitResult, Position
 from engine.retry import RetryPolicy
 from states import InvalidValue, TransitionRefused, parse_count, parse_price, shares_to_micro
 
 FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
-    "killed": lambda: OrderKilled("order couldn't be fully filled. FOK orders are fully filled or killed.", status=400),
-    "insufficient_balance": lambda: InsufficientBalance("not enough balance / allowance", status=400),
+    "killed": lambda: OrderKilled(KILLED_MESSAGE, status=400),
+    "insufficient_balance": lambda: InsufficientBalance(NO_BALANCE_MESSAGE, status=400),
     "rejected": lambda: OrderRejected("invalid order", status=400),
     "transient": lambda: TransientError("service unavailable", status=503),
     "rate_limited": lambda: TransientError("too many requests", status=429),
@@ -63,6 +63,10 @@ class ScenarioError(ValueError):
     def __init__(self, source: str, line: int, field: str, why: str) -> None:
         self.source, self.line, self.field = source, line, field
         super().__init__(f"{source}:{line}: field {field!r}: {why}")
+
+    @classmethod
+    def from_invalid(cls, source: str, line: int, err: InvalidValue) -> ScenarioError:
+        return cls(source, line, err.field, f"{err.value!r}: {err.why}")
 
 
 @dataclass(frozen=True)
@@ -79,10 +83,6 @@ class ScenarioReport:
 
 
 # -- parsing -------------------------------------------------------------------------------------
-
-_OPS: dict[str, dict[str, tuple[bool, Callable[[Any, str], Any]]]] = {}
-"""op -> field -> (required, converter(value, field_name))."""
-
 
 def _text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
@@ -150,7 +150,7 @@ def _raw(value: Any, name: str) -> Any:
     return value
 
 
-_OPS.update({
+_OPS: dict[str, dict[str, tuple[bool, Callable[[Any, str], Any]]]] = {
     "engine": {"max_attempts": (False, parse_count), "step_ticks": (False, lambda v, n: parse_count(v, n, 0)),
                "max_slippage": (False, _shares)},
     "market": {"token": (True, _text), "tick_size": (False, _price), "min_order_size": (False, _shares)},
@@ -164,7 +164,8 @@ _OPS.update({
               "operation": (False, _choice(OPERATIONS)), "error": (False, _choice(tuple(FAULT_ERRORS))),
               "count": (False, parse_count), "token": (False, _text), "delay": (False, _seconds),
               "raw": (False, _raw), "seconds": (False, _seconds)},
-})
+}
+"""op -> field -> (required, converter(value, field_name))."""
 
 _FAULT_NEEDS = {"fail_next": ("operation",), "balance_lag": ("token",), "corrupt_balance": ("token", "raw"),
                 "latency": ("seconds",), "lose_sell_response": ()}
@@ -201,7 +202,7 @@ def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
             try:
                 args[name] = convert(obj[name], name)
             except InvalidValue as err:
-                raise ScenarioError(source, number, err.field, f"{err.value!r}: {err.why}") from None
+                raise ScenarioError.from_invalid(source, number, err) from None
         if op == "fault":
             for name in _FAULT_NEEDS[args["fault"]]:
                 if name not in obj:
@@ -210,7 +211,7 @@ def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
             try:
                 RetryPolicy(**args)  # checked now so that a bad policy stops the file before it runs
             except InvalidValue as err:
-                raise ScenarioError(source, number, err.field, f"{err.value!r}: {err.why}") from None
+                raise ScenarioError.from_invalid(source, number, err) from None
         if op == "track":
             tracked.add(args["key"])
         elif op in ("exit", "reconcile") and args["key"] not in tracked:
@@ -260,7 +261,7 @@ async def run_scenario(steps: list[Step], *, on_result: ResultHook | None = None
             try:
                 await _play(step, engine, paper, report, on_result)
             except InvalidValue as err:
-                raise ScenarioError(source, step.line, err.field, f"{err.value!r}: {err.why}") from None
+                raise ScenarioError.from_invalid(source, step.line, err) from None
             except (ExitRefused, PositionConflict, TransitionRefused) as err:
                 raise ScenarioError(source, step.line, "key", str(err)) from None
         report.final_states = engine.states()
