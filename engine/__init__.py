@@ -15,7 +15,7 @@ from engine.errors import (
     UnknownOutcome,
     UnknownPosition,
 )
-from engine.exchange import Exchange, Fill, LookupStatus, SellLookup
+from engine.exchange import Exchange, Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
 from engine.exits import ExitEngine
 from engine.logs import configure_logging
 from engine.position import ExitOutcome, ExitResult, Position
@@ -51,6 +51,8 @@ __all__ = [
     "RetryPolicy",
     "SellLookup",
     "SellPermit",
+    "Settlement",
+    "SettlementStatus",
     "SystemClock",
     "TransientError",
     "TransitionRefused",

@@ -25,6 +25,7 @@ class DivergenceKind(StrEnum):
     UNKNOWN_OUTCOME_RESOLVED = "unknown_outcome_resolved"
     INSUFFICIENT_BALANCE = "insufficient_balance"
     FILL_MISMATCH = "fill_mismatch"
+    SETTLEMENT_FAILED = "settlement_failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,9 @@ class Fill:
     """Micro-shares sold."""
     avg_price: Decimal
     order_id: str
+    trade_ids: tuple[str, ...] = ()
+    """The exchange's trades for this fill. Non-empty means settlement on chain is still to follow:
+    a matched trade can fail to settle, which hands the shares back."""
 
 
 class LookupStatus(StrEnum):
@@ -34,6 +37,22 @@ class LookupStatus(StrEnum):
 class SellLookup:
     status: LookupStatus
     fill: Fill | None = None
+
+
+class SettlementStatus(StrEnum):
+    PENDING = "pending"
+    """Matched on the book, not yet mined (or being retried)."""
+    SETTLED = "settled"
+    """Every trade of the fill is mined or confirmed."""
+    FAILED = "failed"
+    """At least one trade failed on chain: its shares went back to the seller."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    status: SettlementStatus
+    returned_shares: int = 0
+    """Micro-shares handed back by failed trades (only when FAILED)."""
 
 
 @runtime_checkable
@@ -51,6 +70,11 @@ class Exchange(Protocol):
 
     async def market_rules(self, token_id: str) -> MarketRules: ...
 
+    async def warm_up(self, token_id: str) -> None:
+        """Fetch ahead what the first sell of this token would otherwise look up on the critical path
+        (market rules, order routing). Called in the background when a position is tracked."""
+        ...
+
     async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
         """One FOK sell of exactly `permit.shares` at `limit_price` or better.
 
@@ -60,4 +84,8 @@ class Exchange(Protocol):
 
     async def lookup_sell(self, permit: SellPermit) -> SellLookup:
         """What became of the sell made under `permit` (for unknown outcomes)."""
+        ...
+
+    async def settlement(self, fill: Fill) -> Settlement:
+        """Where the on-chain settlement of a fill with `trade_ids` stands."""
         ...

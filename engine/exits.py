@@ -14,6 +14,7 @@ from decimal import Decimal
 from types import TracebackType
 
 import anyio
+import anyio.abc
 
 from engine.clock import Clock, SystemClock
 from engine.divergence import DivergenceDetector, DivergenceEvent, DivergenceKind
@@ -23,10 +24,11 @@ from engine.errors import (
     ExitRefused,
     InsufficientBalance,
     OrderKilled,
+    OrderRejected,
     PositionConflict,
     UnknownPosition,
 )
-from engine.exchange import Exchange, LookupStatus
+from engine.exchange import Exchange, Fill, LookupStatus, SettlementStatus
 from engine.logs import emit
 from engine.metrics import EngineMetrics
 from engine.position import ExitOutcome, ExitResult, Position
@@ -75,12 +77,15 @@ class ExitEngine:
         sell_timeout: float = 15.0,
         divergence: DivergenceDetector | None = None,
         attempt_ids: Callable[[], str] | None = None,
+        settlement_poll_interval: float | None = 2.0,
     ) -> None:
         if journal is not None:
             raise InvalidValue("journal", journal, "the durable journal is not available yet; pass journal=None")
         parse_count(max_concurrent_exits, "max_concurrent_exits")
         for name, seconds in (("permit_max_age", permit_max_age), ("verify_timeout", verify_timeout),
-                              ("sell_timeout", sell_timeout)):
+                              ("sell_timeout", sell_timeout),
+                              ("settlement_poll_interval", 1.0 if settlement_poll_interval is None
+                               else settlement_poll_interval)):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
                 raise InvalidValue(name, seconds, "must be a positive number of seconds")
         if not isinstance(settlement_window, timedelta) or settlement_window < timedelta(0):
@@ -95,6 +100,7 @@ class ExitEngine:
         self.sell_timeout = sell_timeout
         self.divergence = divergence or DivergenceDetector(clock=self.clock)
         self.metrics = EngineMetrics()
+        self.settlement_poll_interval = settlement_poll_interval
         self._attempt_ids = attempt_ids or (lambda: uuid.uuid4().hex)
         self._records: dict[str, PositionRecord] = {}
         self._live_by_token: dict[str, str] = {}
@@ -102,7 +108,11 @@ class ExitEngine:
         self._reconciling: set[str] = set()
         self._cache_suspect: set[str] = set()
         """Tokens whose exchange balance cache read higher than the exchange would sell: refresh first."""
+        self._unsettled: dict[str, Fill] = {}
+        """Closed positions whose fill is matched on the book but not yet settled on chain."""
+        self._returned = 0
         self._limiter: anyio.CapacityLimiter | None = None
+        self._background: anyio.abc.TaskGroup | None = None
         self._running = 0
         self._idle: anyio.Event | None = None
 
@@ -112,6 +122,14 @@ class ExitEngine:
         if self._limiter is not None:
             raise EngineClosed("this ExitEngine is already running")
         self._limiter = anyio.CapacityLimiter(self.max_concurrent_exits)
+        # Warm-ups and settlement polling run beside the exits; they never decide a state by themselves.
+        self._background = anyio.create_task_group()
+        await self._background.__aenter__()
+        for record in self._records.values():
+            if record.state is State.OPEN:
+                self._start_warm_up(record.token_id)
+        if self.settlement_poll_interval is not None:
+            self._background.start_soon(self._poll_settlements, self.settlement_poll_interval)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -122,6 +140,10 @@ class ExitEngine:
             self._idle = anyio.Event()
             with anyio.CancelScope(shield=True):
                 await self._idle.wait()
+        background, self._background = self._background, None
+        if background is not None:
+            background.cancel_scope.cancel()
+            await background.__aexit__(None, None, None)
         self._limiter = None
 
     # -- positions ---------------------------------------------------------------------------------
@@ -143,6 +165,8 @@ class ExitEngine:
         self._records[position.key] = record
         self._live_by_token[position.token_id] = position.key
         emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
+        if self._background is not None:
+            self._start_warm_up(position.token_id)
 
     def forget(self, key: str) -> None:
         """Drop a finished position from memory."""
@@ -150,6 +174,9 @@ class ExitEngine:
         if record.state not in FINAL_STATES:
             raise TransitionRefused(key, record.state, "forget",
                                     "only CLOSED, RECONCILED or DUST positions can be forgotten")
+        if key in self._unsettled:
+            raise TransitionRefused(key, record.state, "forget",
+                                    "its sale is not settled on chain yet; a failed settlement returns the shares")
         del self._records[key]
 
     def state(self, key: str) -> str:
@@ -161,6 +188,10 @@ class ExitEngine:
     def unresolved(self) -> list[str]:
         """Keys whose sell outcome is unknown: each needs `reconcile(key)`."""
         return [key for key, record in self._records.items() if record.unresolved]
+
+    def unsettled(self) -> list[str]:
+        """CLOSED keys whose fill is matched but not yet settled on chain (see `check_settlements`)."""
+        return list(self._unsettled)
 
     def _record(self, key: str) -> PositionRecord:
         try:
@@ -318,6 +349,10 @@ class ExitEngine:
                 if isinstance(err, InsufficientBalance):
                     self._cache_suspect.add(record.token_id)
                     self._diverge(DivergenceKind.INSUFFICIENT_BALANCE, record, permit.shares, None)
+                elif isinstance(err, OrderRejected):
+                    # The market's rules may have changed under us (a tick size shrinks near 0 and 1):
+                    # the next attempt asks for them again instead of trusting the cache.
+                    self._rules.pop(record.token_id, None)
                 return self._finish(record, ExitOutcome.NOT_FILLED, attempts=attempts, price=price,
                                     latency=latency, error=str(err)), isinstance(err, OrderKilled)
             error = str(err) or f"no answer within {self.sell_timeout}s ({type(err).__name__})"
@@ -332,7 +367,8 @@ class ExitEngine:
             self._diverge(DivergenceKind.FILL_MISMATCH, record, permit.shares, fill.shares)
         fire(record, "sell_filled", shares=fill.shares)
         emit("exit_filled", **fields, shares=micro_to_shares(fill.shares), avg_price=fill.avg_price,
-             limit_price=price, order_id=fill.order_id)
+             limit_price=price, order_id=fill.order_id, settlement_pending=bool(fill.trade_ids))
+        self._follow_settlement(record, fill)
         return self._finish(record, ExitOutcome.CLOSED, attempts=attempts, price=price, latency=latency,
                             order_id=fill.order_id), False
 
@@ -375,6 +411,8 @@ class ExitEngine:
             order_id = lookup.fill.order_id if lookup.fill is not None else None
             fire(record, "resolved_filled", shares=actual)
             outcome = ExitOutcome.CLOSED
+            if lookup.fill is not None:
+                self._follow_settlement(record, lookup.fill)
         elif balance == 0:
             fire(record, "resolved_gone")
             outcome, actual, order_id = ExitOutcome.ALREADY_EXITED, 0, None
@@ -386,6 +424,78 @@ class ExitEngine:
              filled=micro_to_shares(actual))
         self._diverge(DivergenceKind.UNKNOWN_OUTCOME_RESOLVED, record, sent, actual)
         return self._finish(record, outcome, attempts=0, order_id=order_id)
+
+    # -- background: warm-up and settlement --------------------------------------------------------
+
+    def _start_warm_up(self, token: str) -> None:
+        assert self._background is not None
+        try:
+            anyio.get_current_task()
+        except RuntimeError:
+            # track() called from outside the engine's event loop (another thread): no warm-up; the first
+            # exit looks the market up itself.
+            return
+        self._background.start_soon(self._warm_up, token)
+
+    async def _warm_up(self, token: str) -> None:
+        try:
+            await self.exchange.warm_up(token)
+        except Exception as err:  # noqa: BLE001 - a failed warm-up only means the first exit looks up itself
+            emit("market_warm_up_failed", token=token, error=str(err) or type(err).__name__,
+                 error_type=type(err).__name__)
+
+    def _follow_settlement(self, record: PositionRecord, fill: Fill) -> None:
+        if fill.trade_ids:
+            self._unsettled[record.key] = fill
+
+    async def _poll_settlements(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            if self._unsettled:
+                await self.check_settlements()
+
+    async def check_settlements(self) -> dict[str, SettlementStatus]:
+        """Ask the exchange once where each unsettled sale stands. A failed settlement returns the shares
+        to the wallet: it is a divergence, and the returned shares become a new OPEN position to exit.
+
+        Runs every `settlement_poll_interval` seconds inside the engine; callable directly (tests, bots
+        that poll on their own schedule with `settlement_poll_interval=None`)."""
+        self._require_running()
+        answers: dict[str, SettlementStatus] = {}
+        for key, fill in list(self._unsettled.items()):
+            record = self._records[key]
+            try:
+                with anyio.fail_after(self.verify_timeout):
+                    settlement = await self.exchange.settlement(fill)
+            except (ExchangeError, TimeoutError) as err:
+                emit("settlement_check_failed", key=key, token=record.token_id, order_id=fill.order_id,
+                     error=str(err) or type(err).__name__, error_type=type(err).__name__)
+                continue
+            answers[key] = settlement.status
+            if settlement.status is SettlementStatus.PENDING:
+                continue
+            del self._unsettled[key]
+            if settlement.status is SettlementStatus.SETTLED:
+                emit("exit_settled", key=key, token=record.token_id, order_id=fill.order_id,
+                     shares=micro_to_shares(fill.shares))
+                continue
+            self._settlement_failed(record, fill, settlement.returned_shares or fill.shares)
+        return answers
+
+    def _settlement_failed(self, record: PositionRecord, fill: Fill, returned: int) -> None:
+        self._diverge(DivergenceKind.SETTLEMENT_FAILED, record, fill.shares, fill.shares - returned)
+        self._returned += 1
+        new_key = f"{record.key}~returned-{self._returned}"
+        fields = {"key": record.key, "token": record.token_id, "order_id": fill.order_id,
+                  "sold": micro_to_shares(fill.shares), "returned": micro_to_shares(returned)}
+        try:
+            self.track(Position(key=new_key, token_id=record.token_id, shares=micro_to_shares(returned)))
+        except PositionConflict as err:
+            # Another live position already holds the token; its next verification sees these shares
+            # in the balance (a mismatch it sells), so nothing is lost, but an operator should know.
+            emit("exit_settlement_failed", **fields, returned_position=None, error=str(err))
+            return
+        emit("exit_settlement_failed", **fields, returned_position=new_key, error=None)
 
     # -- shared steps ------------------------------------------------------------------------------
 

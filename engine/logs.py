@@ -29,6 +29,10 @@ EVENTS: dict[str, str] = {
     "exit_outcome_unknown": "ERROR",
     "exit_outcome_resolved": "WARNING",
     "exit_reconcile_failed": "ERROR",
+    "market_warm_up_failed": "WARNING",
+    "exit_settled": "INFO",
+    "exit_settlement_failed": "ERROR",
+    "settlement_check_failed": "WARNING",
     "divergence_alert": "ERROR",
     "divergence_alert_hook_failed": "ERROR",
 }

@@ -26,7 +26,7 @@ from engine.errors import (
     TransientError,
     UnknownOutcome,
 )
-from engine.exchange import Fill, LookupStatus, SellLookup
+from engine.exchange import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
 from states import (
     InvalidValue,
     MarketRules,
@@ -173,6 +173,15 @@ class PaperExchange:
         rules = self._rules.get(token_id, self.default_rules)
         await self._reply()
         return rules
+
+    async def warm_up(self, token_id: str) -> None:
+        # Nothing to look up ahead on paper; not recorded in `calls`, which lists exchange traffic.
+        await anyio.lowlevel.checkpoint()
+
+    async def settlement(self, fill: Fill) -> Settlement:
+        # Paper fills carry no trade ids, so the engine never asks; answer truthfully if it does.
+        await anyio.lowlevel.checkpoint()
+        return Settlement(SettlementStatus.SETTLED)
 
     async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
         if not isinstance(permit, SellPermit):
