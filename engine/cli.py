@@ -11,7 +11,7 @@ from typing import TextIO
 
 import anyio
 
-from engine import __version__
+from engine import __version__, oneoff
 from engine.logs import configure_logging
 from engine.position import ExitOutcome, ExitResult
 from engine.scenario import (
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--json-logs", action="store_true", help="log JSON lines to stderr")
     run.add_argument("--log-level", default="INFO", help="log level for stderr (default INFO)")
 
+    oneoff.add_parser(commands)
+
     diagram = commands.add_parser("diagram", help="write the position machine's diagrams (Mermaid, DOT)")
     diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="folder (default ./diagrams)")
     diagram.add_argument("--check", action="store_true", help="fail if the files differ from the code")
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args.scenario, json_logs=args.json_logs, log_level=args.log_level, out=sys.stdout)
+    if args.command == "exit":
+        return oneoff.run(args)
     return _diagram(args.out, check=args.check, out=sys.stdout)
 
 

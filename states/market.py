@@ -11,7 +11,9 @@ from states.quantities import MICRO, parse_price, shares_to_micro
 POLYMARKET_SIZE_STEP = Decimal("0.01")
 """Order sizes round down to 0.01 share on Polymarket."""
 
-TICK_SIZES = (Decimal("0.1"), Decimal("0.01"), Decimal("0.001"), Decimal("0.0001"))
+TICK_SIZES = (Decimal("0.1"), Decimal("0.01"), Decimal("0.005"), Decimal("0.0025"), Decimal("0.001"),
+              Decimal("0.0001"))
+"""The ticks py-clob-client-v2 can sign for (its ROUNDING_CONFIG)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,247 @@
+"""PolymarketExchange: the exchange port on py-clob-client-v2 (CLOB V2).
+
+The client is synchronous (httpx), so every call runs in a worker thread under a capacity limiter, a
+rate-limit bucket and a deadline. Three of the client's habits are kept away from exits:
+- `post_order` polls /data/trades for up to 30 s when a match has no settlement hash yet; a "matched"
+  reply already is the fill, so the adapter posts the signed order itself and follows settlement later;
+- `retry_on_error=True` re-posts once on 5xx or a dropped connection; the adapter's post never retries
+  (a re-post is answered "Duplicated" and may double an exit's risk);
+- the client's module-global httpx client has a fixed 5 s timeout; the adapter sets its own deadline,
+  and a post that outlives it is an unknown outcome, never a failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from py_clob_client_v2.client import ClobClient
+from py_clob_client_v2.clob_types import ApiCreds, AssetType, BalanceAllowanceParams, OrderType, TradeParams
+from py_clob_client_v2.endpoints import POST_ORDER
+from py_clob_client_v2.exceptions import PolyApiException, PolyException
+from py_clob_client_v2.http_helpers import helpers as http
+from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2
+
+from engine.clock import Clock, SystemClock
+from engine.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
+from engine.exchange import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from engine.polymarket import answers
+from engine.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
+from engine.polymarket.ratelimit import Family, Limit, RateLimits
+from engine.polymarket.settings import PolymarketSettings
+from states import InvalidValue, MarketRules, PermitError, SellPermit, parse_count
+
+T = TypeVar("T")
+
+
+class PolymarketExchange:
+    """The real exchange. Build it from a `ClobClient` (L2: key and API credentials) or from settings:
+
+    ```python
+    exchange = PolymarketExchange.from_settings(PolymarketSettings.from_env())
+    ```
+    """
+
+    def __init__(
+        self,
+        client: ClobClient,
+        *,
+        call_timeout: float = 5.0,
+        max_threads: int = 32,
+        rate_limits: dict[Family, Limit] | None = None,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> None:
+        if not isinstance(client, ClobClient):
+            raise InvalidValue("client", type(client).__name__, "must be a py_clob_client_v2 ClobClient")
+        if client.signer is None:
+            raise InvalidValue("client", "ClobClient without a key", "selling needs a signing key (L1)")
+        if isinstance(call_timeout, bool) or not isinstance(call_timeout, (int, float)) or not call_timeout > 0:
+            raise InvalidValue("call_timeout", call_timeout, "must be a positive number of seconds")
+        parse_count(max_threads, "max_threads")
+        self.client = client
+        self.call_timeout = float(call_timeout)
+        self.clock: Clock = clock or SystemClock()
+        self.limits = RateLimits(rate_limits, now=self.clock.monotonic, sleep=sleep or anyio.sleep)
+        self._threads = anyio.CapacityLimiter(max_threads)
+        self._builder = ExactAmountsBuilder(client.signer, client.builder.signature_type, client.builder.funder)
+        self._markets: dict[str, answers.TokenMarket] = {}
+        self._warming: dict[str, anyio.Event] = {}
+        self._version: int | None = None
+        self._signed: dict[str, SignedSell] = {}
+        """attempt id -> the order signed for it; kept so that a lost answer can be looked up by id."""
+        self._creds_lock = anyio.Lock()
+        self.posts = 0
+        """Orders handed to the network (each at most once)."""
+
+    @classmethod
+    def from_settings(cls, settings: PolymarketSettings, **options: Any) -> PolymarketExchange:
+        if not isinstance(settings, PolymarketSettings):
+            raise InvalidValue("settings", type(settings).__name__, "must be PolymarketSettings")
+        creds = None
+        if settings.has_api_creds:
+            creds = ApiCreds(settings.api_key, settings.api_secret, settings.api_passphrase)
+        try:
+            client = ClobClient(settings.host, settings.chain_id, key=settings.private_key, creds=creds,
+                                signature_type=settings.signature_type, funder=settings.funder,
+                                retry_on_error=False)
+        except Exception as err:  # noqa: BLE001 - the client's own errors may quote the key
+            raise InvalidValue("POLYMARKET_PRIVATE_KEY", "<redacted>",
+                               f"the client refused the settings ({type(err).__name__})") from None
+        return cls(client, **options)
+
+    def __repr__(self) -> str:
+        return (f"PolymarketExchange(host={self.client.host!r}, chain_id={self.client.chain_id}, "
+                f"address={self.client.signer.address()!r}, markets_warm={len(self._markets)})")
+
+    # -- the exchange port -------------------------------------------------------------------------
+
+    async def get_balance(self, token_id: str) -> object:
+        await self._ensure_creds()
+        params = BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token_id)
+        body = await self._read(Family.BALANCE, "balance", self.client.get_balance_allowance, params)
+        if not isinstance(body, dict) or "balance" not in body:
+            raise TransientError(f"balance-allowance for token_id={token_id}: answer without a balance: "
+                                 f"{_short(body)}")
+        return body["balance"]
+
+    async def refresh_balance(self, token_id: str) -> None:
+        await self._ensure_creds()
+        params = BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token_id)
+        await self._read(Family.BALANCE, "balance refresh", self.client.update_balance_allowance, params)
+
+    async def market_rules(self, token_id: str) -> MarketRules:
+        return (await self._market(token_id)).rules
+
+    async def warm_up(self, token_id: str) -> None:
+        await self._ensure_creds()
+        await self._market(token_id)
+
+    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+        if not isinstance(permit, SellPermit):
+            raise PermitError(f"polymarket: sell needs a SellPermit, got {type(permit).__name__}; nothing sent")
+        if permit.attempt_id in self._signed:
+            raise PermitError(f"polymarket: permit {permit.attempt_id} already used; nothing sent")
+        await self._ensure_creds()
+        market = await self._market(permit.token_id)
+        version = await self._order_version()
+        if version != ORDER_VERSION:
+            raise OrderRejected(f"exchange runs order version {version}; this adapter signs V{ORDER_VERSION} "
+                                "orders only; nothing sent")
+        signed = sign_sell(self._builder, permit, limit_price, market.rules, neg_risk=market.neg_risk,
+                           chain_id=self.client.chain_id)
+        self._signed[permit.attempt_id] = signed
+        await self.limits.acquire(Family.ORDER)
+        self.posts += 1
+        try:
+            with anyio.fail_after(self.call_timeout):
+                status, body = await anyio.to_thread.run_sync(self._post, signed, limiter=self._threads,
+                                                              abandon_on_cancel=True)
+        except TimeoutError:
+            raise UnknownOutcome(f"order {signed.order_id}: no answer within {self.call_timeout}s; it may "
+                                 "have executed") from None
+        answer = answers.post_answer(status, body, signed)
+        if isinstance(answer, ExchangeError):
+            if answers.is_version_mismatch(body):
+                self._version = None
+            raise answer
+        return answer
+
+    async def lookup_sell(self, permit: SellPermit) -> SellLookup:
+        signed = self._signed.get(permit.attempt_id)
+        if signed is None:
+            # Orders are signed, and their ids known, only in this adapter: one never signed was never sent.
+            return SellLookup(LookupStatus.NOT_FOUND)
+        await self._ensure_creds()
+        try:
+            order = await self._read(Family.DATA, "order lookup", self.client.get_order, signed.order_id)
+        except ExchangeError as err:
+            if answers.is_order_not_found(err):
+                return SellLookup(LookupStatus.NOT_FOUND)
+            raise
+        return answers.order_lookup(order, signed)
+
+    async def settlement(self, fill: Fill) -> Settlement:
+        await self._ensure_creds()
+        trades = []
+        for trade_id in fill.trade_ids:
+            found = await self._read(Family.DATA, "trade lookup", self.client.get_trades, TradeParams(id=trade_id),
+                                     True)
+            trades.extend(t for t in found if isinstance(t, dict) and t.get("id") == trade_id)
+        return answers.settlement(fill, trades)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def order_id(self, attempt_id: str) -> str | None:
+        """The order id signed for an attempt (known before the post; None if nothing was signed)."""
+        signed = self._signed.get(attempt_id)
+        return None if signed is None else signed.order_id
+
+    def _post(self, signed: SignedSell) -> tuple[int | None, object]:
+        """One POST /order, in a worker thread. Returns (status, body); never raises for an HTTP answer."""
+        client = self.client
+        payload = order_to_json_v2(signed.order, client.creds.api_key, OrderType.FOK, False, False)
+        serialized = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        headers = client._l2_headers("POST", POST_ORDER, body=payload, serialized_body=serialized)
+        try:
+            return 200, http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized,
+                                  retry_on_error=False)
+        except PolyApiException as err:
+            return err.status_code, err.error_msg
+
+    async def _market(self, token_id: str) -> answers.TokenMarket:
+        while True:
+            market = self._markets.get(token_id)
+            if market is not None:
+                return market
+            warming = self._warming.get(token_id)
+            if warming is None:
+                break
+            # A warm-up is already fetching it: wait for that instead of asking twice (if it failed, the
+            # loop asks again).
+            await warming.wait()
+        done = self._warming[token_id] = anyio.Event()
+        try:
+            book = await self._read(Family.MARKET, "order book", self.client.get_order_book, token_id)
+            market = answers.market_from_book(token_id, book)
+            await self._order_version()
+        finally:
+            del self._warming[token_id]
+            done.set()
+        self._markets[token_id] = market
+        return market
+
+    async def _order_version(self) -> int:
+        if self._version is None:
+            self._version = await self._read(Family.MARKET, "version", self.client.get_version)
+        return self._version
+
+    async def _ensure_creds(self) -> None:
+        if self.client.creds is not None:
+            return
+        async with self._creds_lock:
+            if self.client.creds is None:
+                creds = await self._read(Family.MARKET, "API key derivation", self.client.derive_api_key)
+                self.client.set_api_creds(creds)
+
+    async def _read(self, family: Family, what: str, call: Callable[..., T], *args: object) -> T:
+        """A call that changes nothing on the exchange: on timeout or transport error it failed, no more."""
+        await self.limits.acquire(family)
+        try:
+            with anyio.fail_after(self.call_timeout):
+                return await anyio.to_thread.run_sync(call, *args, limiter=self._threads, abandon_on_cancel=True)
+        except TimeoutError:
+            raise TransientError(f"{what}: no answer within {self.call_timeout}s") from None
+        except PolyApiException as err:
+            raise answers.read_error(what, err.status_code, err.error_msg) from None
+        except PolyException as err:
+            raise TransientError(f"{what}: {err.msg}") from None
+
+
+def _short(body: object, limit: int = 200) -> str:
+    text = repr(body)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,70 @@
+"""Signing a FOK SELL for exactly the permit's shares, and knowing its order id before it is posted.
+
+py-clob-client-v2 computes order amounts in floats: `round_down(4.35, 2)` is `floor(434.99999999999994)
+/ 100` = 4.34, so the order it signs can differ from the size asked for. Here the amounts come from exact
+integers (micro-shares x a Decimal price) and everything else (contract routing, salt, timestamp,
+EIP-712 signature) from the client's own builder. The signed amounts are then checked against the permit:
+a mismatch refuses the sell before anything is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from py_clob_client_v2.clob_types import CreateOrderOptions, OrderArgsV2
+from py_clob_client_v2.config import get_contract_config
+from py_clob_client_v2.order_builder.builder import ROUNDING_CONFIG, OrderBuilder
+from py_clob_client_v2.order_utils import ExchangeOrderBuilderV2, Side
+
+from states import MICRO, MarketRules, PermitError, SellPermit
+
+ORDER_VERSION = 2
+"""CLOB V2 orders (the exchange refuses V1 signatures since 2026-04-28)."""
+
+
+class ExactAmountsBuilder(OrderBuilder):  # type: ignore[misc]  # the client ships no type hints
+    """The client's OrderBuilder with exact amounts: size and price arrive as Decimal, never float."""
+
+    def get_order_amounts(self, side: Any, size: Any, price: Any, round_config: Any) -> tuple[Side, int, int]:
+        if side not in ("SELL", Side.SELL) or not isinstance(size, Decimal) or not isinstance(price, Decimal):
+            raise PermitError("exact order amounts: only SELL with Decimal size and price is built here")
+        maker = size * MICRO
+        taker = maker * price
+        if maker != maker.to_integral_value() or taker != taker.to_integral_value():
+            raise PermitError(f"exact order amounts: {size} shares at {price} are not whole micro-units")
+        return Side.SELL, int(maker), int(taker)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSell:
+    order: Any
+    """py_clob_client_v2's SignedOrderV2."""
+    order_id: str
+    """The order hash: the id the exchange answers with, known before posting (lost responses are looked up)."""
+    shares: int
+    taker_amount: int
+
+
+def sign_sell(builder: ExactAmountsBuilder, permit: SellPermit, limit_price: Decimal, rules: MarketRules,
+              *, neg_risk: bool, chain_id: int) -> SignedSell:
+    tick = format(rules.tick_size.normalize(), "f")
+    if tick not in ROUNDING_CONFIG:
+        raise PermitError(f"tick size {tick} of token {permit.token_id} is not one the client can sign for")
+    args = OrderArgsV2(token_id=permit.token_id, price=limit_price,
+                       size=Decimal(permit.shares) / MICRO, side="SELL")
+    order = builder.build_order(args, CreateOrderOptions(tick_size=tick, neg_risk=neg_risk), version=ORDER_VERSION)
+    if int(order.makerAmount) != permit.shares or int(order.side) != int(Side.SELL) \
+            or order.tokenId != permit.token_id:
+        raise PermitError(f"signed order sells {order.makerAmount} raw units of {order.tokenId}, the permit "
+                          f"allows {permit.shares} of {permit.token_id}; nothing sent")
+    return SignedSell(order=order, order_id=order_hash(order, builder, neg_risk=neg_risk, chain_id=chain_id),
+                      shares=permit.shares, taker_amount=int(order.takerAmount))
+
+
+def order_hash(order: Any, builder: OrderBuilder, *, neg_risk: bool, chain_id: int) -> str:
+    config = get_contract_config(chain_id)
+    exchange = config.neg_risk_exchange_v2 if neg_risk else config.exchange_v2
+    eip712 = ExchangeOrderBuilderV2(exchange, chain_id, builder.signer, domain_version=str(ORDER_VERSION))
+    return str(eip712.build_order_hash(eip712.build_order_typed_data(order)))
