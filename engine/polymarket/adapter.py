@@ -112,7 +112,7 @@ class PolymarketExchange:
     async def refresh_balance(self, token_id: str) -> None:
         await self._ensure_creds()
         params = BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token_id)
-        await self._read(Family.BALANCE, "balance refresh", self.client.update_balance_allowance, params)
+        await self._read(Family.BALANCE_UPDATE, "balance refresh", self.client.update_balance_allowance, params)
 
     async def market_rules(self, token_id: str) -> MarketRules:
         return (await self._market(token_id)).rules
@@ -148,6 +148,9 @@ class PolymarketExchange:
         if isinstance(answer, ExchangeError):
             if answers.is_version_mismatch(body):
                 self._version = None
+            elif isinstance(answer, OrderRejected):
+                # Tick and minimum size can change (ticks shrink near 0 and 1): look them up again next time.
+                self._markets.pop(permit.token_id, None)
             raise answer
         return answer
 
@@ -157,22 +160,28 @@ class PolymarketExchange:
             # Orders are signed, and their ids known, only in this adapter: one never signed was never sent.
             return SellLookup(LookupStatus.NOT_FOUND)
         await self._ensure_creds()
-        try:
-            order = await self._read(Family.DATA, "order lookup", self.client.get_order, signed.order_id)
-        except ExchangeError as err:
-            if answers.is_order_not_found(err):
-                return SellLookup(LookupStatus.NOT_FOUND)
-            raise
-        return answers.order_lookup(order, signed)
+        order = await self._read(Family.ORDER_LOOKUP, "order lookup", self.client.get_order, signed.order_id)
+        if isinstance(order, dict) and order:
+            trade_ids = answers.associated_trades(order)
+            trades = await self._trades(trade_ids)
+            return answers.order_lookup(order, trades, signed)
+        # Unknown to /data/order. A FOK that filled was not always retrievable there, so the token's
+        # trades since the order was signed are the second witness before "it never arrived".
+        params = TradeParams(asset_id=signed.token_id, after=signed.signed_at - 60)
+        recent = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, params, True)
+        return answers.lookup_from_trades(recent, signed)
 
     async def settlement(self, fill: Fill) -> Settlement:
         await self._ensure_creds()
+        return answers.settlement(fill, await self._trades(fill.trade_ids))
+
+    async def _trades(self, trade_ids: tuple[str, ...]) -> list[dict[str, Any]]:
         trades = []
-        for trade_id in fill.trade_ids:
-            found = await self._read(Family.DATA, "trade lookup", self.client.get_trades, TradeParams(id=trade_id),
+        for trade_id in trade_ids:
+            found = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, TradeParams(id=trade_id),
                                      True)
-            trades.extend(t for t in found if isinstance(t, dict) and t.get("id") == trade_id)
-        return answers.settlement(fill, trades)
+            trades.extend(t for t in found or [] if isinstance(t, dict) and t.get("id") == trade_id)
+        return trades
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -206,7 +215,7 @@ class PolymarketExchange:
             await warming.wait()
         done = self._warming[token_id] = anyio.Event()
         try:
-            book = await self._read(Family.MARKET, "order book", self.client.get_order_book, token_id)
+            book = await self._read(Family.BOOK, "order book", self.client.get_order_book, token_id)
             market = answers.market_from_book(token_id, book)
             await self._order_version()
         finally:
@@ -217,7 +226,7 @@ class PolymarketExchange:
 
     async def _order_version(self) -> int:
         if self._version is None:
-            self._version = await self._read(Family.MARKET, "version", self.client.get_version)
+            self._version = await self._read(Family.GENERAL, "version", self.client.get_version)
         return self._version
 
     async def _ensure_creds(self) -> None:
@@ -225,7 +234,7 @@ class PolymarketExchange:
             return
         async with self._creds_lock:
             if self.client.creds is None:
-                creds = await self._read(Family.MARKET, "API key derivation", self.client.derive_api_key)
+                creds = await self._read(Family.GENERAL, "API key derivation", self.client.derive_api_key)
                 self.client.set_api_creds(creds)
 
     async def _read(self, family: Family, what: str, call: Callable[..., T], *args: object) -> T:

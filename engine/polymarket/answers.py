@@ -132,28 +132,66 @@ def read_error(what: str, status: int | None, body: object) -> ExchangeError:
     return TransientError(f"{what}: HTTP {status}: {text}", status=status)
 
 
-def is_order_not_found(err: ExchangeError) -> bool:
-    return err.status == 404 or (err.status == 400 and "not found" in str(err).lower())
+def associated_trades(order: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(t) for t in (order.get("associate_trades") or []) if t)
 
 
-def order_lookup(order: object, signed: SignedSell) -> SellLookup:
-    """GET /data/order/{id} for a FOK we sent: filled (matched in full), not filled, or not there."""
-    if not isinstance(order, dict) or not order:
-        return SellLookup(LookupStatus.NOT_FOUND)
-    matched = _micro(order.get("size_matched"), "size_matched") or 0
-    status = str(order.get("status", "")).upper()
-    if matched > 0:
-        price = order.get("price")
-        try:
-            avg = Decimal(str(price))
-        except InvalidOperation:
-            avg = Decimal(signed.taker_amount) / Decimal(signed.shares)
-        trades = tuple(str(t) for t in (order.get("associate_trades") or []) if t)
-        return SellLookup(LookupStatus.FILLED, Fill(shares=matched, avg_price=avg, order_id=signed.order_id,
-                                                    trade_ids=trades))
-    if "LIVE" in status or "DELAYED" in status:
+def order_status(order: dict[str, Any]) -> str:
+    """MATCHED / CANCELED / LIVE / DELAYED / UNMATCHED, whatever the spelling: the docs show
+    `ORDER_STATUS_LIVE`, traffic shows `MATCHED`, and a killed FOK can read `CANCELED_order couldn't...`."""
+    status = str(order.get("status", "")).upper().removeprefix("ORDER_STATUS_")
+    return "CANCELED" if status.startswith(("CANCELED", "CANCELLED")) else status
+
+
+def order_lookup(order: dict[str, Any], trades: list[dict[str, Any]], signed: SignedSell) -> SellLookup:
+    """GET /data/order/{id} (and its trades) for a FOK we sent: filled, not filled, or still pending.
+
+    Amounts are read unit-free: a FOK matches all or nothing, so "size_matched equals original_size"
+    means the signed shares were sold, whether the exchange writes sizes raw or in shares."""
+    status = order_status(order)
+    matched, original = _decimal(order.get("size_matched")), _decimal(order.get("original_size"))
+    if status in ("LIVE", "DELAYED"):
         raise UnknownOutcome(f"order {signed.order_id}: still {status} on the exchange; look it up again")
+    if trades or (matched and matched > 0) or status == "MATCHED":
+        if matched is not None and original and 0 < matched < original:
+            sold = int(Decimal(signed.shares) * matched / original)
+        else:
+            sold = signed.shares
+        return SellLookup(LookupStatus.FILLED, _fill(signed, sold, trades, order.get("price")))
     return SellLookup(LookupStatus.NOT_FILLED)
+
+
+def lookup_from_trades(trades: object, signed: SignedSell) -> SellLookup:
+    """The order is unknown to /data/order: did any trade of the token take it as taker order?"""
+    ours = [t for t in trades or [] if isinstance(t, dict) and t.get("taker_order_id") == signed.order_id] \
+        if isinstance(trades, list) else []
+    if not ours:
+        return SellLookup(LookupStatus.NOT_FOUND)
+    sold = min(signed.shares, sum(_micro(t.get("size"), "size") or 0 for t in ours)) or signed.shares
+    return SellLookup(LookupStatus.FILLED, _fill(signed, sold, ours, None))
+
+
+def _fill(signed: SignedSell, sold: int, trades: list[dict[str, Any]], price: object) -> Fill:
+    proceeds = sum((_decimal(t.get("size")) or Decimal(0)) * (_decimal(t.get("price")) or Decimal(0))
+                   for t in trades)
+    sizes = sum((_decimal(t.get("size")) or Decimal(0)) for t in trades)
+    if sizes:
+        avg = proceeds / sizes
+    else:
+        avg = _decimal(price) or Decimal(signed.taker_amount) / Decimal(signed.shares)
+    pending = tuple(str(t["id"]) for t in trades if t.get("id")
+                    and str(t.get("status", "")).upper() not in SETTLED_TRADE_STATUSES)
+    return Fill(shares=sold, avg_price=avg, order_id=signed.order_id, trade_ids=pending)
+
+
+def _decimal(value: object) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
 
 
 def settlement(fill: Fill, trades: list[dict[str, Any]]) -> Settlement:

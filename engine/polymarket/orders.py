@@ -45,6 +45,9 @@ class SignedSell:
     """The order hash: the id the exchange answers with, known before posting (lost responses are looked up)."""
     shares: int
     taker_amount: int
+    token_id: str
+    signed_at: int
+    """Unix seconds from the order's own timestamp (a lower bound for its trades' match time)."""
 
 
 def sign_sell(builder: ExactAmountsBuilder, permit: SellPermit, limit_price: Decimal, rules: MarketRules,
@@ -60,7 +63,8 @@ def sign_sell(builder: ExactAmountsBuilder, permit: SellPermit, limit_price: Dec
         raise PermitError(f"signed order sells {order.makerAmount} raw units of {order.tokenId}, the permit "
                           f"allows {permit.shares} of {permit.token_id}; nothing sent")
     return SignedSell(order=order, order_id=order_hash(order, builder, neg_risk=neg_risk, chain_id=chain_id),
-                      shares=permit.shares, taker_amount=int(order.takerAmount))
+                      shares=permit.shares, taker_amount=int(order.takerAmount), token_id=permit.token_id,
+                      signed_at=int(order.timestamp) // 1000)
 
 
 def order_hash(order: Any, builder: OrderBuilder, *, neg_risk: bool, chain_id: int) -> str:

@@ -17,13 +17,19 @@ from states import InvalidValue
 
 class Family(StrEnum):
     BALANCE = "balance-allowance"
-    """GET /balance-allowance and GET /balance-allowance/update."""
+    """GET /balance-allowance."""
+    BALANCE_UPDATE = "balance-allowance-update"
+    """GET /balance-allowance/update (the cache refresh)."""
     ORDER = "post-order"
     """POST /order."""
-    DATA = "data"
-    """Order and trade look-ups (/data/order, /data/trades)."""
-    MARKET = "market"
-    """Market look-ups made during warm-up (/book, /version, /tick-size, /neg-risk)."""
+    ORDER_LOOKUP = "order-lookup"
+    """GET /data/order/{id}."""
+    TRADES = "trades"
+    """GET /data/trades."""
+    BOOK = "book"
+    """GET /book (warm-up: tick size, minimum size, neg-risk)."""
+    GENERAL = "general"
+    """Everything else (/version, API key derivation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +51,15 @@ class Limit:
 
 DOCUMENTED_LIMITS: dict[Family, Limit] = {
     Family.BALANCE: Limit(200, 10.0),
+    Family.BALANCE_UPDATE: Limit(50, 10.0),
     Family.ORDER: Limit(3_500, 10.0),
-    Family.DATA: Limit(900, 10.0),
-    Family.MARKET: Limit(1_500, 10.0),
+    Family.ORDER_LOOKUP: Limit(900, 10.0),
+    Family.TRADES: Limit(500, 10.0),
+    Family.BOOK: Limit(1_500, 10.0),
+    Family.GENERAL: Limit(9_000, 10.0),
 }
-"""Polymarket's documented limits (balance-allowance 200 / 10 s, POST /order 3,500 / 10 s burst; the
-data and market families are under the general ones)."""
+"""Polymarket's documented limits (docs.polymarket.com, API reference, rate limits; see
+tests/fakeclob/WIRE.md section 7). POST /order is the 10 s burst figure."""
 
 
 class TokenBucket:
@@ -71,16 +80,20 @@ class TokenBucket:
     async def acquire(self) -> None:
         # One waiter at a time refills and takes, so requests leave in arrival order.
         async with self._lock:
-            while True:
-                now = self._now()
-                self._tokens = min(float(self.limit.requests), self._tokens + (now - self._updated) * self._rate)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
+            self._refill()
+            if self._tokens < 1:
                 wait = (1 - self._tokens) / self._rate
                 self.waited += wait
                 await self._sleep(wait)
+                self._refill()
+                # The wait was computed to reach one token; float rounding must not turn it into a loop.
+                self._tokens = max(self._tokens, 1.0)
+            self._tokens -= 1
+
+    def _refill(self) -> None:
+        now = self._now()
+        self._tokens = min(float(self.limit.requests), self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
 
 
 class RateLimits:
