@@ -1,0 +1,199 @@
+"""Exit latency through the real Polymarket adapter, against the fake CLOB with injected round-trip time.
+
+Prints p50 and p99 per flow as a ratio to the floor measured in the same run: one balance read plus one
+post of an order signed beforehand, straight through py-clob-client-v2 (no settlement polling). Next
+to it, the naive flow a bot would write: balance read, then `create_order` + `post_order`, with cold or
+warm client caches and pure-Python signing.
+
+Target (issue 3): exitguard <= 1.10 x the floor at p99, on a warm token and on a token tracked a
+second before the exit.
+
+    python bench/exit_latency.py [--rtt 0.05] [--samples 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from fakeclob import FakeClob  # noqa: E402
+from loguru import logger  # noqa: E402
+from py_clob_client_v2.clob_types import AssetType, BalanceAllowanceParams, OrderArgsV2, OrderType  # noqa: E402
+
+from engine import ExitEngine, ExitOutcome, Position  # noqa: E402
+from engine.polymarket import PolymarketExchange  # noqa: E402
+
+LIMIT = 1.10
+SHARES = Decimal("10")
+PRICE = Decimal("0.55")
+PURE_PYTHON_SIGNING = "eth_keys.backends.NativeECCBackend"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+class Run:
+    def __init__(self, clob: FakeClob) -> None:
+        self.clob = clob
+        self.tokens = 0
+
+    def fresh_token(self) -> str:
+        self.tokens += 1
+        token = str(10**70 + self.tokens)
+        self.clob.add_market(token, tick_size="0.01", min_order_size="5")
+        self.refill(token)
+        return token
+
+    def refill(self, token: str) -> None:
+        self.clob.set_balance(token, SHARES)
+        self.clob.set_bids(token, [(Decimal("0.60"), Decimal("1000000"))])
+
+
+def requests_for(clob: FakeClob, token: str, since: int) -> int:
+    """Requests made for this exit: about its token, plus the token-less ones (/version, /data/trades)."""
+    count = 0
+    for request in clob.requests[since:]:
+        body = request.body if isinstance(request.body, dict) else {}
+        order = body.get("order") if isinstance(body.get("order"), dict) else {}
+        about = request.query.get("token_id") or order.get("tokenId")
+        count += about == token or (about is None and request.path in ("/version", "/data/trades"))
+    return count
+
+
+def floor(run: Run, samples: int) -> tuple[list[float], float]:
+    client = run.clob.client()
+    token = run.fresh_token()
+    args = OrderArgsV2(token_id=token, price=float(PRICE), size=float(SHARES), side="SELL")
+    client.create_order(args)  # warms the client's caches; signing happens before each timing
+    params = BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token)
+    times = []
+    before = len(run.clob.requests)
+    for _ in range(samples):
+        run.refill(token)
+        order = client.create_order(args)
+        started = time.perf_counter()
+        client.get_balance_allowance(params)
+        answer = client.post_order(order, OrderType.FOK)
+        times.append(time.perf_counter() - started)
+        assert answer.get("status") == "matched", answer
+    return times, (len(run.clob.requests) - before) / samples
+
+
+def naive(run: Run, samples: int, *, cold: bool) -> tuple[list[float], float]:
+    os.environ["ECC_BACKEND_CLASS"] = PURE_PYTHON_SIGNING
+    try:
+        token = run.fresh_token()
+        client = run.clob.client()
+        params = BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token)
+        if not cold:
+            client.create_order(OrderArgsV2(token_id=token, price=float(PRICE), size=float(SHARES), side="SELL"))
+        times = []
+        requests = 0
+        for _ in range(samples):
+            run.refill(token)
+            if cold:
+                client = run.clob.client()
+            before = len(run.clob.requests)
+            started = time.perf_counter()
+            balance = int(client.get_balance_allowance(params)["balance"])
+            order = client.create_order(OrderArgsV2(token_id=token, price=float(PRICE), size=balance / 1e6,
+                                                    side="SELL"))
+            answer = client.post_order(order, OrderType.FOK)
+            times.append(time.perf_counter() - started)
+            requests += requests_for(run.clob, token, before)
+            assert answer.get("status") == "matched", answer
+        return times, requests / samples
+    finally:
+        del os.environ["ECC_BACKEND_CLASS"]
+
+
+async def exitguard(run: Run, samples: int, *, mode: str, gap: float) -> tuple[list[float], float]:
+    """mode: "warm" (token warmed long before), "tracked_1s" (tracked one second before the exit),
+    "cold" (exit right after track: it waits for the warm-up in flight)."""
+    exchange = PolymarketExchange(run.clob.client())
+    times: list[float] = []
+    requests: list[int] = []
+    async with ExitEngine(exchange, settlement_poll_interval=None) as engine:
+        warm_token = run.fresh_token()
+        await exchange.warm_up(warm_token)
+
+        async def one(i: int) -> None:
+            token = warm_token if mode == "warm" else run.fresh_token()
+            key = f"{mode}-{i}"
+            engine.track(Position(key=key, token_id=token, shares=SHARES))
+            if mode == "tracked_1s":
+                await anyio.sleep(1.0)
+            run.refill(token)
+            before = len(run.clob.requests)
+            started = time.perf_counter()
+            result = await engine.exit(key, reason="bench", limit_price=PRICE)
+            times.append(time.perf_counter() - started)
+            requests.append(requests_for(run.clob, token, before))
+            assert result.outcome is ExitOutcome.CLOSED, result
+            engine.forget(key)
+
+        if mode == "tracked_1s":
+            # Staggered so that every exit comes one second after its own track, one at a time.
+            async with anyio.create_task_group() as tg:
+                for i in range(samples):
+                    tg.start_soon(one, i)
+                    await anyio.sleep(gap)
+        else:
+            for i in range(samples):
+                await one(i)
+    return times, sum(requests) / len(requests)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rtt", type=float, default=0.05, help="seconds the fake adds to every request")
+    parser.add_argument("--samples", type=int, default=100)
+    args = parser.parse_args()
+    logger.remove()
+    with FakeClob() as clob:
+        clob.settlement = "instant"  # the naive flow would otherwise poll /data/trades after each fill
+        clob.latency = args.rtt
+        run = Run(clob)
+        flows: list[tuple[str, Callable[[], tuple[list[float], float]], str]] = [
+            ("floor: balance + post of a pre-signed order", lambda: floor(run, args.samples), ""),
+            ("exitguard, warm token", lambda: anyio.run(lambda: exitguard(run, args.samples, mode="warm",
+                                                                          gap=0)), f"<= {LIMIT:.2f}"),
+            ("exitguard, tracked 1 s before",
+             lambda: anyio.run(lambda: exitguard(run, args.samples, mode="tracked_1s", gap=2.5 * args.rtt + 0.02)),
+             f"<= {LIMIT:.2f}"),
+            ("exitguard, exit right after track", lambda: anyio.run(lambda: exitguard(run, args.samples,
+                                                                                      mode="cold", gap=0)), ""),
+            ("naive, warm client caches, pure-Python signing", lambda: naive(run, args.samples, cold=False), ""),
+            ("naive, cold client caches, pure-Python signing", lambda: naive(run, args.samples, cold=True), ""),
+        ]
+        print(f"exit latency: fake CLOB on loopback, {args.rtt * 1000:.0f} ms added to every request, "
+              f"{args.samples} exits per flow\n")
+        print(f"{'flow':<48} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50 RTTs':>9} {'p50/floor':>10} "
+              f"{'p99/floor':>10}  limit")
+        base: tuple[float, float] | None = None
+        for name, measure, limit in flows:
+            times, per_exit = measure()
+            p50, p99 = percentile(times, 0.50), percentile(times, 0.99)
+            if base is None:
+                base = (p50, p99)
+            verdict = ""
+            if limit:
+                verdict = f"{limit}  {'met' if p99 / base[1] <= LIMIT else 'MISSED'}"
+            print(f"{name:<48} {per_exit:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {p50 / args.rtt:>9.2f} "
+                  f"{p50 / base[0]:>10.3f} "
+                  f"{p99 / base[1]:>10.3f}  {verdict}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
