@@ -28,7 +28,7 @@ from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2
 
 from engine.clock import Clock, SystemClock
 from engine.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
-from engine.exchange import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from engine.exchange import Fill, LookupStatus, SellLookup, Settlement
 from engine.polymarket import answers
 from engine.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
 from engine.polymarket.ratelimit import Family, Limit, RateLimits
@@ -176,7 +176,7 @@ class PolymarketExchange:
         return answers.settlement(fill, await self._trades(fill.trade_ids))
 
     async def _trades(self, trade_ids: tuple[str, ...]) -> list[dict[str, Any]]:
-        trades = []
+        trades: list[dict[str, Any]] = []
         for trade_id in trade_ids:
             found = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, TradeParams(id=trade_id),
                                      True)
@@ -225,9 +225,10 @@ class PolymarketExchange:
         return market
 
     async def _order_version(self) -> int:
-        if self._version is None:
-            self._version = await self._read(Family.GENERAL, "version", self.client.get_version)
-        return self._version
+        version = self._version
+        if version is None:
+            version = self._version = int(await self._read(Family.GENERAL, "version", self.client.get_version))
+        return version
 
     async def _ensure_creds(self) -> None:
         if self.client.creds is not None:
