@@ -96,3 +96,10 @@ def test_bad_input_or_settings_name_the_culprit_and_send_nothing(
     assert code == 2 and named in err and "nothing sent" in err
     assert clob.private_key not in err and clob.creds.api_secret not in err
     assert clob.requests == []
+
+
+def test_live_without_api_credentials_derives_them_from_the_key(clob: FakeClob) -> None:
+    env = {"POLYMARKET_HOST": clob.host or "", "POLYMARKET_PRIVATE_KEY": clob.private_key}
+    code, out, _ = run("--token", TOKEN, "--shares", "7.5", "--limit-price", "0.55", "--live", "--yes", environ=env)
+    assert code == 0 and "CLOSED" in out
+    assert clob.count("GET", "/auth/derive-api-key") == 1
