@@ -110,6 +110,13 @@ def test_order_ids_differ_between_neg_risk_and_plain_contracts(builder: ExactAmo
     assert order_hash(signed.order, builder, neg_risk=True, chain_id=137) != signed.order_id
 
 
+def test_taker_amount_rounds_down_to_four_decimals_on_fine_ticks(builder: ExactAmountsBuilder) -> None:
+    rules = MarketRules.of(tick_size="0.001", min_order_size="1")
+    signed = sign_sell(builder, permit(10_010_000), Decimal("0.555"), rules, neg_risk=False, chain_id=137)
+    assert signed.order.makerAmount == "10010000"
+    assert signed.order.takerAmount == "5555500"  # 5.55555 USDC rounded down to 5.5555
+
+
 def test_amounts_that_are_not_whole_micro_units_are_refused(builder: ExactAmountsBuilder) -> None:
     with pytest.raises(PermitError):
         sign_sell(builder, permit(4_350_001), Decimal("0.55"), MarketRules(), neg_risk=False, chain_id=137)

@@ -72,6 +72,8 @@ class PolymarketExchange:
         self._markets: dict[str, answers.TokenMarket] = {}
         self._warming: dict[str, anyio.Event] = {}
         self._version: int | None = None
+        self._prepared: dict[str, tuple[SignedSell, Decimal]] = {}
+        """attempt id -> an order signed by prepare_sell, not yet posted."""
         self._signed: dict[str, SignedSell] = {}
         """attempt id -> the order signed for it; kept so that a lost answer can be looked up by id."""
         self._creds_lock = anyio.Lock()
@@ -121,11 +123,15 @@ class PolymarketExchange:
         await self._ensure_creds()
         await self._market(token_id)
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+    async def prepare_sell(self, permit: SellPermit, limit_price: Decimal) -> str:
+        return (await self._prepare(permit, limit_price)).order_id
+
+    async def _prepare(self, permit: SellPermit, limit_price: Decimal) -> SignedSell:
         if not isinstance(permit, SellPermit):
             raise PermitError(f"polymarket: sell needs a SellPermit, got {type(permit).__name__}; nothing sent")
-        if permit.attempt_id in self._signed:
-            raise PermitError(f"polymarket: permit {permit.attempt_id} already used; nothing sent")
+        prepared = self._prepared.pop(permit.attempt_id, None)
+        if prepared is not None and prepared[1] == limit_price:
+            return prepared[0]
         await self._ensure_creds()
         market = await self._market(permit.token_id)
         version = await self._order_version()
@@ -134,6 +140,14 @@ class PolymarketExchange:
                                 "orders only; nothing sent")
         signed = sign_sell(self._builder, permit, limit_price, market.rules, neg_risk=market.neg_risk,
                            chain_id=self.client.chain_id)
+        self._prepared[permit.attempt_id] = (signed, limit_price)
+        return signed
+
+    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+        if isinstance(permit, SellPermit) and permit.attempt_id in self._signed:
+            raise PermitError(f"polymarket: permit {permit.attempt_id} already used; nothing sent")
+        signed = await self._prepare(permit, limit_price)
+        self._prepared.pop(permit.attempt_id, None)
         self._signed[permit.attempt_id] = signed
         await self.limits.acquire(Family.ORDER)
         self.posts += 1
@@ -154,22 +168,26 @@ class PolymarketExchange:
             raise answer
         return answer
 
-    async def lookup_sell(self, permit: SellPermit) -> SellLookup:
+    async def lookup_sell(self, permit: SellPermit, order_id: str | None = None) -> SellLookup:
         signed = self._signed.get(permit.attempt_id)
-        if signed is None:
-            # Orders are signed, and their ids known, only in this adapter: one never signed was never sent.
+        if signed is None and order_id is None:
+            # Without a journal, orders are known only to the adapter that signed them: one this adapter
+            # never signed was never sent by this process.
             return SellLookup(LookupStatus.NOT_FOUND)
+        order_ref = answers.OrderRef.of(signed) if signed is not None else answers.OrderRef.recovered(
+            order_id, permit)  # type: ignore[arg-type]
         await self._ensure_creds()
-        order = await self._read(Family.ORDER_LOOKUP, "order lookup", self.client.get_order, signed.order_id)
+        order = await self._read(Family.ORDER_LOOKUP, "order lookup", self.client.get_order, order_ref.order_id)
         if isinstance(order, dict) and order:
             trade_ids = answers.associated_trades(order)
             trades = await self._trades(trade_ids)
-            return answers.order_lookup(order, trades, signed)
+            return answers.order_lookup(order, trades, order_ref)
         # Unknown to /data/order. A FOK that filled was not always retrievable there, so the token's
         # trades since the order was signed are the second witness before "it never arrived".
-        params = TradeParams(asset_id=signed.token_id, after=signed.signed_at - 60)
+        params = TradeParams(asset_id=order_ref.token_id,
+                             after=None if order_ref.signed_at is None else order_ref.signed_at - 60)
         recent = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, params, True)
-        return answers.lookup_from_trades(recent, signed)
+        return answers.lookup_from_trades(recent, order_ref)
 
     async def settlement(self, fill: Fill) -> Settlement:
         await self._ensure_creds()

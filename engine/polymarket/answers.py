@@ -29,7 +29,7 @@ from engine.errors import (
     UnknownOutcome,
 )
 from engine.exchange import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
-from states import MICRO, InvalidValue, MarketRules
+from states import MICRO, InvalidValue, MarketRules, SellPermit
 
 if TYPE_CHECKING:
     from engine.polymarket.orders import SignedSell
@@ -132,6 +132,26 @@ def read_error(what: str, status: int | None, body: object) -> ExchangeError:
     return TransientError(f"{what}: HTTP {status}: {text}", status=status)
 
 
+@dataclass(frozen=True, slots=True)
+class OrderRef:
+    """What a lookup knows of the order it looks for: all of it in the process that signed it; after a
+    restart, the journaled id and the permit."""
+
+    order_id: str
+    token_id: str
+    shares: int
+    taker_amount: int | None = None
+    signed_at: int | None = None
+
+    @classmethod
+    def of(cls, signed: SignedSell) -> OrderRef:
+        return cls(signed.order_id, signed.token_id, signed.shares, signed.taker_amount, signed.signed_at)
+
+    @classmethod
+    def recovered(cls, order_id: str, permit: SellPermit) -> OrderRef:
+        return cls(order_id, permit.token_id, permit.shares)
+
+
 def associated_trades(order: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(t) for t in (order.get("associate_trades") or []) if t)
 
@@ -143,7 +163,7 @@ def order_status(order: dict[str, Any]) -> str:
     return "CANCELED" if status.startswith(("CANCELED", "CANCELLED")) else status
 
 
-def order_lookup(order: dict[str, Any], trades: list[dict[str, Any]], signed: SignedSell) -> SellLookup:
+def order_lookup(order: dict[str, Any], trades: list[dict[str, Any]], signed: OrderRef) -> SellLookup:
     """GET /data/order/{id} (and its trades) for a FOK we sent: filled, not filled, or still pending.
 
     Amounts are read unit-free: a FOK matches all or nothing, so "size_matched equals original_size"
@@ -161,7 +181,7 @@ def order_lookup(order: dict[str, Any], trades: list[dict[str, Any]], signed: Si
     return SellLookup(LookupStatus.NOT_FILLED)
 
 
-def lookup_from_trades(trades: object, signed: SignedSell) -> SellLookup:
+def lookup_from_trades(trades: object, signed: OrderRef) -> SellLookup:
     """The order is unknown to /data/order: did any trade of the token take it as taker order?"""
     ours = [t for t in trades or [] if isinstance(t, dict) and t.get("taker_order_id") == signed.order_id] \
         if isinstance(trades, list) else []
@@ -171,14 +191,14 @@ def lookup_from_trades(trades: object, signed: SignedSell) -> SellLookup:
     return SellLookup(LookupStatus.FILLED, _fill(signed, sold, ours, None))
 
 
-def _fill(signed: SignedSell, sold: int, trades: list[dict[str, Any]], price: object) -> Fill:
+def _fill(signed: OrderRef, sold: int, trades: list[dict[str, Any]], price: object) -> Fill:
     proceeds = sum((_decimal(t.get("size")) or Decimal(0)) * (_decimal(t.get("price")) or Decimal(0))
                    for t in trades)
     sizes = sum((_decimal(t.get("size")) or Decimal(0)) for t in trades)
     if sizes:
         avg = proceeds / sizes
     else:
-        avg = _decimal(price) or Decimal(signed.taker_amount) / Decimal(signed.shares)
+        avg = _decimal(price) or Decimal(signed.taker_amount or 0) / Decimal(signed.shares)
     pending = tuple(str(t["id"]) for t in trades if t.get("id")
                     and str(t.get("status", "")).upper() not in SETTLED_TRADE_STATUSES)
     return Fill(shares=sold, avg_price=avg, order_id=signed.order_id, trade_ids=pending)

@@ -20,6 +20,9 @@ from py_clob_client_v2.order_utils import ExchangeOrderBuilderV2, Side
 
 from states import MICRO, MarketRules, PermitError, SellPermit
 
+FOK_TAKER_UNIT = 100
+"""Raw USDC units: FOK/FAK taker amounts have at most 4 decimals."""
+
 ORDER_VERSION = 2
 """CLOB V2 orders (the exchange refuses V1 signatures since 2026-04-28)."""
 
@@ -31,9 +34,11 @@ class ExactAmountsBuilder(OrderBuilder):  # type: ignore[misc]  # the client shi
         if side not in ("SELL", Side.SELL) or not isinstance(size, Decimal) or not isinstance(price, Decimal):
             raise PermitError("exact order amounts: only SELL with Decimal size and price is built here")
         maker = size * MICRO
-        taker = maker * price
-        if maker != maker.to_integral_value() or taker != taker.to_integral_value():
-            raise PermitError(f"exact order amounts: {size} shares at {price} are not whole micro-units")
+        if maker != maker.to_integral_value():
+            raise PermitError(f"exact order amounts: {size} shares are not whole micro-units")
+        # The exchange takes FOK taker amounts to 4 decimals (100 raw units): the proceeds we insist on
+        # round down, by less than 0.0001 USDC, so a sell at the limit still matches.
+        taker = (maker * price) // FOK_TAKER_UNIT * FOK_TAKER_UNIT
         return Side.SELL, int(maker), int(taker)
 
 
@@ -52,6 +57,9 @@ class SignedSell:
 
 def sign_sell(builder: ExactAmountsBuilder, permit: SellPermit, limit_price: Decimal, rules: MarketRules,
               *, neg_risk: bool, chain_id: int) -> SignedSell:
+    if permit.shares % rules.size_step:
+        raise PermitError(f"permit for {permit.shares} raw units of {permit.token_id} is off the "
+                          f"{rules.size_step}-unit size step; nothing sent")
     tick = format(rules.tick_size.normalize(), "f")
     if tick not in ROUNDING_CONFIG:
         raise PermitError(f"tick size {tick} of token {permit.token_id} is not one the client can sign for")
