@@ -15,6 +15,7 @@ __all__ = [
     "ExitRefused",
     "InsufficientBalance",
     "InvalidValue",
+    "JournalError",
     "NotFilled",
     "OrderKilled",
     "OrderRejected",
@@ -52,6 +53,15 @@ class ExitRefused(RuntimeError):
 
 class EngineClosed(RuntimeError):
     """The engine is used outside its `async with` block."""
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be used: corrupted, foreign, newer, unwritable, or held by another engine.
+    Raised when the engine starts, before anything is overwritten or sent."""
+
+    def __init__(self, path: object, why: str) -> None:
+        self.path = str(path)
+        super().__init__(f"journal {self.path}: {why}")
 
 
 class ExchangeError(Exception):

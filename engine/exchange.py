@@ -75,6 +75,11 @@ class Exchange(Protocol):
         (market rules, order routing). Called in the background when a position is tracked."""
         ...
 
+    async def prepare_sell(self, permit: SellPermit, limit_price: Decimal) -> str:
+        """Get the order for `permit` ready (signed, where the exchange signs) and return the id the
+        exchange will know it by, without sending anything. The engine journals this id before `sell`."""
+        ...
+
     async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
         """One FOK sell of exactly `permit.shares` at `limit_price` or better.
 
@@ -82,8 +87,9 @@ class Exchange(Protocol):
         """
         ...
 
-    async def lookup_sell(self, permit: SellPermit) -> SellLookup:
-        """What became of the sell made under `permit` (for unknown outcomes)."""
+    async def lookup_sell(self, permit: SellPermit, order_id: str | None = None) -> SellLookup:
+        """What became of the sell made under `permit` (for unknown outcomes). `order_id` is the id
+        `prepare_sell` returned, passed after a restart when this process never signed the order."""
         ...
 
     async def settlement(self, fill: Fill) -> Settlement:

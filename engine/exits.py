@@ -7,10 +7,12 @@ permit fresh -> one FOK post of exactly the permit's shares.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 
 import anyio
@@ -29,9 +31,11 @@ from engine.errors import (
     UnknownPosition,
 )
 from engine.exchange import Exchange, Fill, LookupStatus, SettlementStatus
+from engine.journal import Journal
 from engine.logs import emit
 from engine.metrics import EngineMetrics
 from engine.position import ExitOutcome, ExitResult, Position
+from engine.recovery import RecoverySummary, recover
 from engine.retry import RetryPolicy
 from states import (
     DEFAULT_PERMIT_MAX_AGE,
@@ -60,7 +64,9 @@ DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
 class ExitEngine:
     """Exits positions on one exchange. Use as `async with ExitEngine(exchange) as engine:`.
 
-    `journal` is reserved for the durable SQLite journal (not built yet): only None is accepted.
+    `journal=path` makes the engine crash-safe: every transition is written (fsync'd) to a SQLite journal
+    before the engine acts on it; on entry the engine takes the journal's lock (one engine per file),
+    restores the positions and settles whatever was in flight before returning.
     """
 
     def __init__(
@@ -79,8 +85,12 @@ class ExitEngine:
         attempt_ids: Callable[[], str] | None = None,
         settlement_poll_interval: float | None = 2.0,
     ) -> None:
-        if journal is not None:
-            raise InvalidValue("journal", journal, "the durable journal is not available yet; pass journal=None")
+        if journal is not None and (not isinstance(journal, (str, os.PathLike)) or str(journal) in ("", ":memory:")):
+            raise InvalidValue("journal", journal, "must be None or the path of a journal file (it must survive "
+                                                   "the process)")
+        self.journal_path = None if journal is None else Path(journal)
+        self.journal: Journal | None = None
+        self.recovery: RecoverySummary | None = None
         parse_count(max_concurrent_exits, "max_concurrent_exits")
         for name, seconds in (("permit_max_age", permit_max_age), ("verify_timeout", verify_timeout),
                               ("sell_timeout", sell_timeout),
@@ -108,6 +118,8 @@ class ExitEngine:
         self._reconciling: set[str] = set()
         self._cache_suspect: set[str] = set()
         """Tokens whose exchange balance cache read higher than the exchange would sell: refresh first."""
+        self._order_ids: dict[str, str] = {}
+        """Key -> the order signed for its sell in flight (journal on): what a lookup after a crash asks for."""
         self._unsettled: dict[str, Fill] = {}
         """Closed positions whose fill is matched on the book but not yet settled on chain."""
         self._returned = 0
@@ -121,6 +133,14 @@ class ExitEngine:
     async def __aenter__(self) -> ExitEngine:
         if self._limiter is not None:
             raise EngineClosed("this ExitEngine is already running")
+        if self.journal_path is not None:
+            self.journal = Journal.open(self.journal_path)
+            try:
+                restored = self._restore()
+            except BaseException:
+                self.journal.close()
+                self.journal = None
+                raise
         self._limiter = anyio.CapacityLimiter(self.max_concurrent_exits)
         # Warm-ups and settlement polling run beside the exits; they never decide a state by themselves.
         self._background = anyio.create_task_group()
@@ -130,6 +150,9 @@ class ExitEngine:
                 self._start_warm_up(record.token_id)
         if self.settlement_poll_interval is not None:
             self._background.start_soon(self._poll_settlements, self.settlement_poll_interval)
+        if self.journal is not None:
+            # Whatever was in flight when the last engine died is settled before any new exit can start.
+            self.recovery = await recover(self, restored)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -145,6 +168,9 @@ class ExitEngine:
             background.cancel_scope.cancel()
             await background.__aexit__(None, None, None)
         self._limiter = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
 
     # -- positions ---------------------------------------------------------------------------------
 
@@ -164,6 +190,8 @@ class ExitEngine:
         record = PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
         self._records[position.key] = record
         self._live_by_token[position.token_id] = position.key
+        if self.journal is not None:
+            self.journal.track(record, self.clock.wall())
         emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
         if self._background is not None:
             self._start_warm_up(position.token_id)
@@ -178,6 +206,9 @@ class ExitEngine:
             raise TransitionRefused(key, record.state, "forget",
                                     "its sale is not settled on chain yet; a failed settlement returns the shares")
         del self._records[key]
+        self._order_ids.pop(key, None)
+        if self.journal is not None:
+            self.journal.forget(key)
 
     def state(self, key: str) -> str:
         return str(self._record(key).state)
@@ -227,7 +258,7 @@ class ExitEngine:
         if rules is not None:
             self._check_tick(price, rules)
         # The state moves to VERIFYING before the first await: a racing exit() sees it and is refused.
-        fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
+        self._fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
         self._running += 1
         try:
             async with limiter:
@@ -252,7 +283,7 @@ class ExitEngine:
                  limit_price=next_price, previous_limit_price=price)
             price = next_price
             attempts += 1
-            fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
+            self._fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
 
     async def _attempt(self, record: PositionRecord, price: Decimal, attempts: int) -> tuple[ExitResult, bool]:
         """One verification and at most one sell. Returns the result and whether a retry may follow."""
@@ -282,7 +313,7 @@ class ExitEngine:
             self._verify_failed(record, error, "UnsettledBalance", latency)
             return self._finish(record, ExitOutcome.VERIFY_FAILED, attempts=attempts, price=price,
                                 latency=latency, error=error), False
-        fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
+        self._fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
         if record.state is State.RECONCILED:
             emit("exit_already_complete", **fields, expected=micro_to_shares(verdict.expected))
             self._diverge(DivergenceKind.ALREADY_EXITED, record, verdict.expected, verdict.actual)
@@ -333,17 +364,23 @@ class ExitEngine:
         now = self.clock.monotonic()
         age = now - permit.verified_at
         if not permit_is_fresh(permit, now, self.permit_max_age):
-            fire(record, "sell_killed", reason="permit expired before sending", definitely_not_filled=True)
+            self._fire(record, "sell_killed", reason="permit expired before sending", definitely_not_filled=True)
             emit("exit_permit_expired", **fields, permit_age_s=round(age, 3), max_age_s=self.permit_max_age)
             return self._finish(record, ExitOutcome.NOT_FILLED, attempts=attempts, price=price, latency=latency,
                                 error=f"sell permit {age:.3f}s old (max {self.permit_max_age}s); nothing sent"), False
         started = self.clock.monotonic()
         try:
             with anyio.fail_after(self.sell_timeout):
+                if self.journal is not None:
+                    # The order's id is durable before the order exists anywhere else: after a crash,
+                    # recovery looks up exactly this order instead of guessing.
+                    order_id = await self.exchange.prepare_sell(permit, price)
+                    self._order_ids[record.key] = order_id
+                    self.journal.note_order(record, order_id, self.clock.wall())
                 fill = await self.exchange.sell(permit, price)
         except Exception as err:  # noqa: BLE001 - anything but a definite "no" may have sold
             if getattr(err, "definitely_not_filled", False) is True:
-                fire(record, "sell_killed", reason=str(err), definitely_not_filled=True)
+                self._fire(record, "sell_killed", reason=str(err), definitely_not_filled=True)
                 emit("exit_not_filled", **fields, shares=permit.share_amount, limit_price=price,
                      error=str(err), error_type=type(err).__name__)
                 if isinstance(err, InsufficientBalance):
@@ -356,7 +393,7 @@ class ExitEngine:
                 return self._finish(record, ExitOutcome.NOT_FILLED, attempts=attempts, price=price,
                                     latency=latency, error=str(err)), isinstance(err, OrderKilled)
             error = str(err) or f"no answer within {self.sell_timeout}s ({type(err).__name__})"
-            fire(record, "sell_unknown", error=error)
+            self._fire(record, "sell_unknown", error=error)
             emit("exit_outcome_unknown", **fields, shares=permit.share_amount, limit_price=price,
                  error=error, error_type=type(err).__name__)
             self._diverge(DivergenceKind.UNKNOWN_OUTCOME, record, permit.shares, None)
@@ -365,7 +402,7 @@ class ExitEngine:
         self.metrics.sell_latency_recorder.record(self.clock.monotonic() - started)
         if fill.shares != permit.shares:
             self._diverge(DivergenceKind.FILL_MISMATCH, record, permit.shares, fill.shares)
-        fire(record, "sell_filled", shares=fill.shares)
+        self._fire(record, "sell_filled", shares=fill.shares)
         emit("exit_filled", **fields, shares=micro_to_shares(fill.shares), avg_price=fill.avg_price,
              limit_price=price, order_id=fill.order_id, settlement_pending=bool(fill.trade_ids))
         self._follow_settlement(record, fill)
@@ -394,7 +431,9 @@ class ExitEngine:
         self._reconciling.add(key)
         try:
             with anyio.fail_after(self.verify_timeout):
-                lookup = await self.exchange.lookup_sell(permit)
+                order_id = self._order_ids.get(key)
+                lookup = (await self.exchange.lookup_sell(permit, order_id=order_id) if order_id is not None
+                          else await self.exchange.lookup_sell(permit))
                 balance = None
                 if lookup.status is not LookupStatus.FILLED:
                     balance = await self._read_balance(record.token_id, refresh=True)
@@ -409,21 +448,54 @@ class ExitEngine:
             # A FOK fills all or nothing: without fill details, "filled" still means the permit's shares.
             actual = lookup.fill.shares if lookup.fill is not None else sent
             order_id = lookup.fill.order_id if lookup.fill is not None else None
-            fire(record, "resolved_filled", shares=actual)
+            self._fire(record, "resolved_filled", shares=actual)
             outcome = ExitOutcome.CLOSED
             if lookup.fill is not None:
                 self._follow_settlement(record, lookup.fill)
         elif balance == 0:
-            fire(record, "resolved_gone")
+            self._fire(record, "resolved_gone")
             outcome, actual, order_id = ExitOutcome.ALREADY_EXITED, 0, None
         else:
-            fire(record, "resolved_not_filled")
+            self._fire(record, "resolved_not_filled")
             outcome, actual, order_id = ExitOutcome.NOT_FILLED, 0, None
         emit("exit_outcome_resolved", **self._fields(record, None),
              lookup=str(lookup.status), state=str(record.state), sent=micro_to_shares(sent),
              filled=micro_to_shares(actual))
         self._diverge(DivergenceKind.UNKNOWN_OUTCOME_RESOLVED, record, sent, actual)
         return self._finish(record, outcome, attempts=0, order_id=order_id)
+
+    def _fire(self, record: PositionRecord, trigger: str, **payload: object) -> None:
+        source = record.state
+        fire(record, trigger, **payload)
+        if self.journal is not None:
+            self.journal.transition(record, source, trigger, payload, self.clock.wall())
+        if record.state is not State.SELLING:
+            self._order_ids.pop(record.key, None)
+
+    def _restore(self) -> list[PositionRecord]:
+        """Load the journal's positions; a position tracked before entering must match its journaled self."""
+        assert self.journal is not None
+        restored = []
+        pending = dict(self._records)
+        self._records.clear()
+        self._live_by_token.clear()
+        for row in self.journal.positions():
+            record = row.record()
+            early = pending.pop(record.key, None)
+            if early is not None and (early.token_id, early.expected) != (record.token_id, record.expected):
+                raise PositionConflict(f"position key={record.key!r}: tracked as {early.token_id!r} x "
+                                       f"{micro_to_shares(early.expected)} but journaled as {record.token_id!r} x "
+                                       f"{micro_to_shares(record.expected)}")
+            self._records[record.key] = record
+            if row.order_id is not None:
+                self._order_ids[record.key] = row.order_id
+            if record.state not in FINAL_STATES:
+                self._live_by_token[record.token_id] = record.key
+            restored.append(record)
+        for record in pending.values():
+            self.track(Position(key=record.key, token_id=record.token_id, shares=micro_to_shares(record.expected),
+                                last_buy_at=record.last_buy_at))
+        return restored
 
     # -- background: warm-up and settlement --------------------------------------------------------
 
@@ -503,13 +575,13 @@ class ExitEngine:
         """After a cancelled or crashed exit, leave the record in a state that tells the truth: no
         verification in flight (-> OPEN), and a sell that may have been sent flagged unknown."""
         if record.state is State.VERIFYING:
-            fire(record, "verify_failed", error="exit interrupted before the balance was verified")
+            self._fire(record, "verify_failed", error="exit interrupted before the balance was verified")
         elif record.state is State.SELLING and not record.unresolved:
             if record.inflight is None:
-                fire(record, "sell_killed", reason="exit interrupted before the sell was sent",
+                self._fire(record, "sell_killed", reason="exit interrupted before the sell was sent",
                      definitely_not_filled=True)
             else:
-                fire(record, "sell_unknown", error="exit interrupted while the sell was in flight")
+                self._fire(record, "sell_unknown", error="exit interrupted while the sell was in flight")
                 self._diverge(DivergenceKind.UNKNOWN_OUTCOME, record, record.inflight.shares, None)
         else:
             return
@@ -517,7 +589,7 @@ class ExitEngine:
              state=str(record.state), unresolved=record.unresolved)
 
     def _verify_failed(self, record: PositionRecord, error: str, error_type: str, latency: float) -> None:
-        fire(record, "verify_failed", error=error)
+        self._fire(record, "verify_failed", error=error)
         self.metrics.verify_failures += 1
         emit("balance_verify_failed", **self._fields(record, latency), error=error, error_type=error_type)
 

@@ -33,6 +33,8 @@ EVENTS: dict[str, str] = {
     "exit_settled": "INFO",
     "exit_settlement_failed": "ERROR",
     "settlement_check_failed": "WARNING",
+    "recovery_reopened": "WARNING",
+    "recovery_summary": "INFO",
     "divergence_alert": "ERROR",
     "divergence_alert_hook_failed": "ERROR",
 }

@@ -99,6 +99,7 @@ class PaperExchange:
         self._lost_responses = 0
         self._used_attempts: set[str] = set()
         self._orders = 0
+        self._prepared: dict[str, str] = {}
 
     # -- setting up the market -------------------------------------------------------------------
 
@@ -183,6 +184,11 @@ class PaperExchange:
         await anyio.lowlevel.checkpoint()
         return Settlement(SettlementStatus.SETTLED)
 
+    async def prepare_sell(self, permit: SellPermit, limit_price: Decimal) -> str:
+        # Not recorded in `calls`: nothing reaches the exchange until `sell`.
+        await anyio.lowlevel.checkpoint()
+        return self._order_id_for(permit.attempt_id)
+
     async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
         if not isinstance(permit, SellPermit):
             raise PermitError(f"paper: sell needs a SellPermit, got {type(permit).__name__}; nothing sent")
@@ -205,9 +211,10 @@ class PaperExchange:
             raise outcome
         return outcome
 
-    async def lookup_sell(self, permit: SellPermit) -> SellLookup:
+    async def lookup_sell(self, permit: SellPermit, order_id: str | None = None) -> SellLookup:
         await self._request("lookup_sell", permit.token_id)
-        found = next((sell for sell in self.sells if sell.attempt_id == permit.attempt_id), None)
+        found = next((sell for sell in self.sells if sell.attempt_id == permit.attempt_id
+                      or (order_id is not None and sell.order_id == order_id)), None)
         await self._reply()
         if found is None:
             return SellLookup(LookupStatus.NOT_FOUND)
@@ -237,6 +244,13 @@ class PaperExchange:
         else:
             await anyio.lowlevel.checkpoint()
 
+    def _order_id_for(self, attempt_id: str) -> str:
+        order_id = self._prepared.get(attempt_id)
+        if order_id is None:
+            self._orders += 1
+            order_id = self._prepared[attempt_id] = f"paper-{self._orders}"
+        return order_id
+
     def _set_chain(self, token_id: str, micro: int) -> None:
         self._chain[token_id] = micro
         if token_id in self._lag:
@@ -255,8 +269,7 @@ class PaperExchange:
 
     def _execute(self, permit: SellPermit, limit_price: Decimal) -> Fill | ExchangeError:
         token, shares = permit.token_id, permit.shares
-        self._orders += 1
-        order_id = f"paper-{self._orders}"
+        order_id = self._order_id_for(permit.attempt_id)
         rules = self._rules.get(token, self.default_rules)
         problem = self._rule_problem(rules, shares, limit_price)
         if problem is not None:

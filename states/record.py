@@ -69,6 +69,26 @@ class PositionRecord:
         self.sold = 0
         self.residual = 0
 
+    @classmethod
+    def restored(cls, *, key: str, token_id: str, expected: int, last_buy_at: datetime | None, state: State,
+                 attempts: int, attempt_id: str | None, reason: str | None, limit_price: Decimal | None,
+                 verified_balance: int | None, sold: int, residual: int, unresolved: bool,
+                 inflight: SellPermit | None) -> PositionRecord:
+        """A record as a journal last wrote it. Loading a state that was reached through the machine is
+        not a transition; what the engine does next with it (recovery) goes through the machine again."""
+        record = cls(key, token_id, expected, last_buy_at)
+        record.state = state
+        record.attempts = attempts
+        record.attempt_id = attempt_id
+        record.reason = reason
+        record.limit_price = limit_price
+        record.verified_balance = verified_balance
+        record.sold = sold
+        record.residual = residual
+        record.unresolved = unresolved
+        record.inflight = inflight if state is State.SELLING else None
+        return record
+
     def __repr__(self) -> str:
         return f"PositionRecord(key={self.key!r}, token_id={self.token_id!r}, state={self.state}, expected={self.expected})"
 

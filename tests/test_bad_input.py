@@ -419,8 +419,8 @@ async def test_engine_entered_twice_at_once_is_refused(exchange: PaperExchange, 
 # -- construction ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("journal", ["x.db", ":memory:", 0, False])
-def test_engine_refuses_a_journal_naming_it(exchange: PaperExchange, journal: object) -> None:
+@pytest.mark.parametrize("journal", ["", ":memory:", 0, False, 1.5, b"x.db"])
+def test_engine_refuses_a_journal_that_is_not_a_file_path_naming_it(exchange: PaperExchange, journal: object) -> None:
     with pytest.raises(InvalidValue) as caught:
         ExitEngine(exchange, journal=journal)
 

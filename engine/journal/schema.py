@@ -1,0 +1,47 @@
+"""The journal's schema, its version, and the migrations that bring an older file up to date.
+
+A journal is marked as ours by SQLite's `application_id` header field, so a foreign database is told
+apart from an old journal before anything is written; `user_version` holds the schema version.
+"""
+
+from __future__ import annotations
+
+APPLICATION_ID = 0x45584744
+"""b"EXGD": written into the SQLite header of every journal."""
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    # version -> statements that build it from the version before (0: an empty file).
+    1: [
+        """CREATE TABLE positions (
+            key TEXT PRIMARY KEY,
+            token_id TEXT NOT NULL,
+            expected INTEGER NOT NULL,
+            last_buy_at TEXT,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            attempt_id TEXT,
+            reason TEXT,
+            limit_price TEXT,
+            verified_balance INTEGER,
+            sold INTEGER NOT NULL,
+            residual INTEGER NOT NULL,
+            unresolved INTEGER NOT NULL,
+            permit TEXT,
+            order_id TEXT,
+            seq INTEGER NOT NULL
+        )""",
+        """CREATE TABLE transitions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL,
+            source TEXT,
+            dest TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            wall_time TEXT NOT NULL
+        )""",
+        "CREATE INDEX transitions_by_key ON transitions (key, seq)",
+        "CREATE INDEX positions_by_state ON positions (state)",
+    ],
+}

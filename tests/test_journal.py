@@ -1,0 +1,285 @@
+"""The write-ahead journal and restart recovery, in-process (the SIGKILL matrix is test_crash_recovery.py)."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from engine import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position, PositionConflict
+from engine.errors import JournalError, TransientError
+from engine.journal import SCHEMA_VERSION, Journal
+from engine.journal import schema as journal_schema
+from engine.paper import PaperExchange
+from states import MICRO, MarketRules, PositionRecord, SellPermit, State, assess_balance, fire, take_permit
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+PRICE = Decimal("0.55")
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "exits.journal"
+
+
+def crashed_in(path: Path, state: State, *, order_id: str | None = None, unresolved: bool = False) -> SellPermit | None:
+    """Write a journal as an engine that died with position p1 in `state` would have left it."""
+    journal = Journal.open(path)
+    record = PositionRecord("p1", "tok", 10 * MICRO)
+    journal.track(record, NOW)
+
+    def step(trigger: str, **payload: object) -> None:
+        source = record.state
+        fire(record, trigger, **payload)
+        journal.transition(record, source, trigger, payload, NOW)
+
+    step("request_exit", reason="take_profit", limit_price=PRICE, attempt_id="a1")
+    permit = None
+    if state is State.SELLING:
+        verdict = assess_balance(10 * MICRO, 10 * MICRO, MarketRules(), last_buy_at=None, now=NOW,
+                                 settlement_window=timedelta(0))
+        step("balance_fetched", verdict=verdict, verified_at=0.0)
+        if order_id is not None:
+            permit = take_permit(record)
+            journal.note_order(record, order_id, NOW)
+        if unresolved:
+            step("sell_unknown", error="lost response")
+    journal.close()
+    return permit
+
+
+ATTEMPTS = itertools.count(1)
+"""Attempt ids stay unique across engines, as uuid4 ids are in production."""
+
+
+def engine_on(exchange: PaperExchange, path: Path, clock: ManualClock) -> ExitEngine:
+    return ExitEngine(exchange, journal=path, clock=clock, settlement_poll_interval=None,
+                      attempt_ids=lambda: f"b{next(ATTEMPTS)}")
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+async def test_every_transition_is_journaled_with_its_payload(exchange: PaperExchange, clock: ManualClock,
+                                                              path: Path) -> None:
+    async with engine_on(exchange, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+        await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+    journal = Journal.open(path, readonly=True)
+    trail = [(t.source, t.dest, t.trigger) for t in journal.history("p1")]
+    assert trail == [(None, "OPEN", "track"), ("OPEN", "VERIFYING", "request_exit"),
+                     ("VERIFYING", "SELLING", "balance_fetched"), ("SELLING", "SELLING", "order_signed"),
+                     ("SELLING", "CLOSED", "sell_filled")]
+    fetched = journal.history("p1")[2].payload
+    assert fetched["verdict"] == {"actual": 10 * MICRO, "expected": 10 * MICRO, "kind": "sellable",
+                                  "residual": 0, "sell": 10 * MICRO}
+    assert journal.history("p1")[1].payload["limit_price"] == "0.55"  # exact, as text
+    [position] = journal.positions()
+    assert (position.state, position.sold, position.order_id) == (State.CLOSED, 10 * MICRO, None)
+
+
+async def test_the_order_id_is_durable_before_the_order_is_posted(exchange: PaperExchange, clock: ManualClock,
+                                                                  path: Path) -> None:
+    seen: list[tuple[State, str | None]] = []
+
+    class Witness(PaperExchange):
+        async def sell(self, permit, limit_price):  # type: ignore[no-untyped-def]
+            # Another connection reads what is on disk at the moment of the post.
+            [row] = Journal.open(path, readonly=True).positions()
+            seen.append((row.state, row.order_id))
+            return await super().sell(permit, limit_price)
+
+    witness = Witness(clock=clock)
+    witness.set_balance("tok", Decimal("10"))
+    witness.set_bids("tok", [(Decimal("0.60"), Decimal("100"))])
+    async with engine_on(witness, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+        result = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+    assert seen == [(State.SELLING, "paper-1")] and result.order_id == "paper-1"
+
+
+async def test_forget_keeps_the_trail(exchange: PaperExchange, clock: ManualClock, path: Path) -> None:
+    async with engine_on(exchange, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+        await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+        engine.forget("p1")
+    journal = Journal.open(path, readonly=True)
+    assert journal.positions() == [] and len(journal.history("p1")) == 5
+
+
+# -- recovery --------------------------------------------------------------------------------------
+
+async def test_positions_come_back_with_their_states(exchange: PaperExchange, clock: ManualClock, path: Path) -> None:
+    exchange.set_balance("t2", Decimal("10"))
+    exchange.set_bids("t2", [(Decimal("0.60"), Decimal("100"))])
+    async with engine_on(exchange, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+        engine.track(Position(key="p2", token_id="t2", shares=Decimal("10")))
+        await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.states() == {"p1": "CLOSED", "p2": "OPEN"}
+        result = await engine.exit("p2", reason="take_profit", limit_price=PRICE)
+        assert result.outcome is ExitOutcome.CLOSED
+        with pytest.raises(PositionConflict):
+            engine.track(Position(key="p2", token_id="t2", shares=Decimal("1")))
+
+
+async def test_verifying_comes_back_open_without_touching_the_exchange(exchange: PaperExchange, clock: ManualClock,
+                                                                       path: Path, logs) -> None:  # noqa: ANN001
+    crashed_in(path, State.VERIFYING)
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.state("p1") == "OPEN"
+        assert engine.recovery is not None and engine.recovery.reopened == ["p1"]
+        assert exchange.calls == []
+    assert logs.named("recovery_summary")[0]["positions"] == 1
+
+
+async def test_selling_without_an_order_id_was_never_posted(exchange: PaperExchange, clock: ManualClock,
+                                                            path: Path) -> None:
+    crashed_in(path, State.SELLING)
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.state("p1") == "OPEN" and exchange.calls == []
+        result = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+        assert result.outcome is ExitOutcome.CLOSED and len(exchange.sells) == 1
+
+
+async def test_a_post_that_reached_the_exchange_is_found_and_never_repeated(
+        exchange: PaperExchange, clock: ManualClock, path: Path) -> None:
+    permit = crashed_in(path, State.SELLING, order_id="paper-1")
+    assert permit is not None
+    await exchange.sell(permit, PRICE)  # the post went out just before the process died
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.state("p1") == "CLOSED"
+        assert engine.recovery is not None and engine.recovery.reconciled == {"p1": ExitOutcome.CLOSED}
+        assert engine.divergence.by_kind[DivergenceKind.UNKNOWN_OUTCOME_RESOLVED] == 1
+    assert len(exchange.sells) == 1 and exchange.balance("tok") == 0
+
+
+async def test_a_post_that_never_arrived_reopens_after_the_lookup(exchange: PaperExchange, clock: ManualClock,
+                                                                  path: Path) -> None:
+    crashed_in(path, State.SELLING, order_id="paper-7")
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.state("p1") == "OPEN"
+        assert engine.recovery is not None and engine.recovery.reconciled == {"p1": ExitOutcome.NOT_FILLED}
+        assert [c.operation for c in exchange.calls] == ["lookup_sell", "refresh_balance", "get_balance"]
+        result = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+        assert result.outcome is ExitOutcome.CLOSED
+    assert len(exchange.sells) == 1
+
+
+async def test_an_unresolved_outcome_whose_lookup_fails_blocks_exits_until_reconciled(
+        exchange: PaperExchange, clock: ManualClock, path: Path) -> None:
+    permit = crashed_in(path, State.SELLING, order_id="paper-1", unresolved=True)
+    assert permit is not None
+    await exchange.sell(permit, PRICE)
+    exchange.fail_next("lookup_sell", error=TransientError("lookup down"))
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.state("p1") == "SELLING" and engine.unresolved() == ["p1"]
+        assert engine.recovery is not None and engine.recovery.unresolved == ["p1"]
+        refused = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+        assert refused.outcome is ExitOutcome.IN_PROGRESS
+        settled = await engine.reconcile("p1")
+        assert settled.outcome is ExitOutcome.CLOSED
+    assert len(exchange.sells) == 1
+
+
+async def test_a_position_tracked_before_entering_must_match_the_journal(
+        exchange: PaperExchange, clock: ManualClock, path: Path) -> None:
+    async with engine_on(exchange, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+    same = engine_on(exchange, path, clock)
+    same.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+    async with same:
+        assert same.states() == {"p1": "OPEN"}
+    other = engine_on(exchange, path, clock)
+    other.track(Position(key="p1", token_id="tok", shares=Decimal("3")))
+    with pytest.raises(PositionConflict, match="journaled"):
+        async with other:
+            pass
+    async with engine_on(exchange, path, clock) as engine:  # the refused start released the lock
+        assert engine.states() == {"p1": "OPEN"}
+
+
+# -- one engine per journal ------------------------------------------------------------------------
+
+async def test_a_second_engine_on_the_same_journal_fails_at_once(exchange: PaperExchange, clock: ManualClock,
+                                                                 path: Path) -> None:
+    async with engine_on(exchange, path, clock):
+        with pytest.raises(JournalError, match="in use by another engine"):
+            async with engine_on(exchange, path, clock):
+                pass
+    async with engine_on(exchange, path, clock):
+        pass
+
+
+# -- bad journals ----------------------------------------------------------------------------------
+
+def foreign_database(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER)")
+    db.commit()
+    db.close()
+
+
+def newer_journal(path: Path) -> None:
+    Journal.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"not a database, just bytes " * 200)
+
+
+def truncated_journal(path: Path) -> None:
+    Journal.open(path).close()
+    data = path.read_bytes()
+    path.write_bytes(data[:100] + b"\x00" * 50 + data[150:])
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    (garbage, "not a readable SQLite journal"),
+    (foreign_database, "not an exitguard journal"),
+    (newer_journal, "newer than this exitguard understands"),
+    (truncated_journal, "journal"),
+])
+async def test_bad_journals_are_refused_at_start_and_left_untouched(
+        exchange: PaperExchange, clock: ManualClock, path: Path, make, words: str) -> None:  # noqa: ANN001
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(JournalError, match=words) as caught:
+        async with engine_on(exchange, path, clock):
+            pass
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == before and exchange.calls == []
+
+
+async def test_a_journal_in_a_missing_folder_or_on_a_folder_is_refused(exchange: PaperExchange, clock: ManualClock,
+                                                                       tmp_path: Path) -> None:
+    for bad in (tmp_path / "missing" / "j.db", tmp_path):
+        with pytest.raises(JournalError, match=str(bad)):
+            async with engine_on(exchange, bad, clock):
+                pass
+
+
+async def test_an_older_schema_is_migrated_in_place(exchange: PaperExchange, clock: ManualClock, path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    async with engine_on(exchange, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+    monkeypatch.setattr(journal_schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(journal_schema.MIGRATIONS, SCHEMA_VERSION + 1,
+                        ["ALTER TABLE positions ADD COLUMN note TEXT"])
+    import engine.journal.store as store
+    monkeypatch.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.states() == {"p1": "OPEN"}
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert "note" in [row[1] for row in db.execute("PRAGMA table_info(positions)")]
