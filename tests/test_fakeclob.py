@@ -271,3 +271,22 @@ def test_lost_response_executes_and_is_found_by_lookup(clob: FakeClob, client: C
     assert clob.chain_balance(TOKEN) == Decimal("5")           # it did execute
     (order_id,) = clob.orders
     assert client.get_order(order_id)["status"] == "MATCHED"   # the connection is usable again
+
+
+def test_after_reply_settlement_confirms_trades_but_answers_without_hashes() -> None:
+    from decimal import Decimal as D
+
+    from py_clob_client_v2.clob_types import OrderArgsV2, OrderType, TradeParams
+
+    with FakeClob() as clob:
+        clob.add_market("555", tick_size="0.01", min_order_size="5")
+        clob.set_bids("555", [(D("0.60"), D("100"))])
+        clob.set_balance("555", D("10"))
+        clob.settlement = "after_reply"
+        client = clob.client()
+        order = client.create_order(OrderArgsV2(token_id="555", price=0.55, size=10, side="SELL"))
+        answer = client.post_order(order, OrderType.FOK)  # polls /data/trades once: already CONFIRMED
+        assert answer["status"] == "matched" and answer["transactionsHashes"]
+        assert clob.count("GET", "/data/trades") == 1
+        [trade] = client.get_trades(TradeParams(id=answer["tradeIDs"][0]))
+        assert trade["status"] == "CONFIRMED"

@@ -160,7 +160,7 @@ def _match_sell(state, parsed, order_type, shares, usdc, market, api_key) -> dic
     status = "LIVE" if rests else ("MATCHED" if matched else "CANCELED")
     _record(state, parsed, order_type, shares, usdc, market, api_key, status, matched, trades)
     return _reply(parsed.order_hash, matched, sum(f[2] for f in fills), trades,
-                  "matched" if matched else "live")
+                  "matched" if matched else "live", hashes=state.settlement == "instant")
 
 
 def _book_fills(state, parsed, market, api_key, fills, now) -> list[Trade]:
@@ -181,14 +181,14 @@ def _book_fills(state, parsed, market, api_key, fills, now) -> list[Trade]:
             status="MATCHED", match_time=now, last_update=now, outcome=market.outcome(token),
             owner=api_key, maker_address=parsed.maker, maker_order_id=level.order_id,
         )
-        if state.settlement == "instant":
+        if state.settlement in ("instant", "after_reply"):
             state.settle(trade, "CONFIRMED", now)
         state.trades.append(trade)
         trades.append(trade)
     return trades
 
 
-def _reply(order_id: str, making: int, taking: int, trades: list[Trade], status: str) -> dict:
+def _reply(order_id: str, making: int, taking: int, trades: list[Trade], status: str, *, hashes: bool) -> dict:
     body: dict = {
         "errorMsg": "", "orderID": order_id,
         "takingAmount": units(taking) if trades else "",
@@ -197,9 +197,9 @@ def _reply(order_id: str, making: int, taking: int, trades: list[Trade], status:
     }
     if trades:
         body["tradeIDs"] = [t.id for t in trades]
-        hashes = [t.transaction_hash for t in trades if t.status != "FAILED" and t.transaction_hash]
-        if hashes:  # only when settlement is already known ("instant")
-            body["transactionsHashes"] = hashes
+        known = [t.transaction_hash for t in trades if t.status != "FAILED" and t.transaction_hash]
+        if hashes and known:  # only when settlement is already known at reply time ("instant")
+            body["transactionsHashes"] = known
     return body
 
 
@@ -209,7 +209,7 @@ def _rest_or_kill_buy(state, parsed, order_type, shares, usdc, market, api_key) 
     if order_type == "FAK":
         raise _kill(state, parsed, order_type, shares, usdc, market, api_key, ERR_FAK)
     _record(state, parsed, order_type, shares, usdc, market, api_key, "LIVE", 0, [])
-    return _reply(parsed.order_hash, 0, 0, [], "live")
+    return _reply(parsed.order_hash, 0, 0, [], "live", hashes=False)
 
 
 def sorted_levels(levels: list[tuple[Decimal, int, str]]) -> list[Level]:

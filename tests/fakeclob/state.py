@@ -20,7 +20,10 @@ from .wire import fmt_decimal, units
 OTHER_TRADER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 OTHER_OWNER = "00000000-0000-4000-8000-000000000002"
 
-SETTLEMENTS = ("manual", "instant")
+SETTLEMENTS = ("manual", "instant", "after_reply")
+"""manual: trades stay MATCHED until settle_trades(); instant: CONFIRMED, hashes in the POST reply;
+after_reply: CONFIRMED right after the match, but the reply carries only tradeIDs, as the real CLOB's
+does (settlement is later than the answer), so the client's post_order polls /data/trades once."""
 TERMINAL_TRADE_STATUSES = ("CONFIRMED", "FAILED")
 SETTLE_TO = ("MINED", "CONFIRMED", "RETRYING", "FAILED")
 
