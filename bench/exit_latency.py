@@ -40,6 +40,7 @@ from engine import ExitEngine, ExitOutcome, Position  # noqa: E402
 from engine.polymarket import PolymarketExchange  # noqa: E402
 
 LIMIT = 1.10
+"""p99 of an exit over p99 of the floor (issue 3)."""
 SHARES = Decimal("10")
 PRICE = Decimal("0.55")
 PURE_PYTHON_SIGNING = "eth_keys.backends.NativeECCBackend"
@@ -183,35 +184,38 @@ def main() -> None:
         clob.settlement = "after_reply"
         clob.latency = args.rtt
         run = Run(clob)
-        flows: list[tuple[str, Callable[[], tuple[list[float], float]], str]] = [
-            ("floor: balance + post of a pre-signed order", lambda: floor(run, args.samples), ""),
-            ("exitguard, warm token", lambda: anyio.run(lambda: exitguard(run, args.samples, mode="warm",
-                                                                          gap=0)), f"<= {LIMIT:.2f}"),
+        floor_flow = ("floor: balance + post of a pre-signed order", lambda: floor(run, args.samples), False)
+        # Each flow under a target is measured right after a floor of its own, so that whatever else
+        # loads the machine at that moment weighs on both sides of the ratio.
+        flows: list[tuple[str, Callable[[], tuple[list[float], float]], bool]] = [
+            floor_flow,
+            ("exitguard, warm token", lambda: anyio.run(lambda: exitguard(run, args.samples, mode="warm", gap=0)),
+             True),
+            floor_flow,
             ("exitguard, tracked 1 s before",
              lambda: anyio.run(lambda: exitguard(run, args.samples, mode="tracked_1s", gap=2.5 * args.rtt + 0.02)),
-             f"<= {LIMIT:.2f}"),
-            ("exitguard, exit right after track", lambda: anyio.run(lambda: exitguard(run, args.samples,
-                                                                                      mode="cold", gap=0)), ""),
-            ("naive, warm client caches, pure-Python signing", lambda: naive(run, args.samples, cold=False), ""),
-            ("naive, cold client caches, pure-Python signing", lambda: naive(run, args.samples, cold=True), ""),
+             True),
+            floor_flow,
+            ("exitguard, exit right after track",
+             lambda: anyio.run(lambda: exitguard(run, args.samples, mode="cold", gap=0)), False),
+            ("naive, warm client caches, pure-Python signing", lambda: naive(run, args.samples, cold=False), False),
+            ("naive, cold client caches, pure-Python signing", lambda: naive(run, args.samples, cold=True), False),
         ]
         print(f"exit latency: fake CLOB on loopback, {args.rtt * 1000:.0f} ms added to every request, "
-              f"{args.samples} exits per flow\n")
+              f"{args.samples} exits per flow; ratios against the floor measured just before\n")
         print(f"{'flow':<48} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50 RTTs':>9} {'p50/floor':>10} "
               f"{'p99/floor':>10}  limit")
-        base: tuple[float, float] | None = None
-        for name, measure, limit in flows:
+        base = (1.0, 1.0)
+        for name, measure, targeted in flows:
             times, per_exit = measure()
             p50, p99 = percentile(times, 0.50), percentile(times, 0.99)
-            if base is None:
+            if measure is floor_flow[1]:
                 base = (p50, p99)
             verdict = ""
-            if limit:
-                verdict = f"{limit}  {'met' if p99 / base[1] <= LIMIT else 'MISSED'}"
-            print(f"{name:<48} {per_exit:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {p50 / args.rtt:>9.2f} "
-                  f"{p50 / base[0]:>10.3f} "
-                  f"{p99 / base[1]:>10.3f}  {verdict}", flush=True)
-
+            if targeted:
+                verdict = f"<= {LIMIT:.2f} at p99: {'met' if p99 / base[1] <= LIMIT else 'MISSED'}"
+            print(f"{name:<48} {per_exit:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {p50 / args.rtt if args.rtt else 0:>9.2f} "
+                  f"{p50 / base[0]:>10.3f} {p99 / base[1]:>10.3f}  {verdict}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -468,7 +468,8 @@ class ExitEngine:
         source = record.state
         fire(record, trigger, **payload)
         if self.journal is not None:
-            self.journal.transition(record, source, trigger, payload, self.clock.wall())
+            self.journal.transition(record, source, trigger, payload, self.clock.wall(),
+                                    order_id=self._order_ids.get(record.key))
         if record.state is not State.SELLING:
             self._order_ids.pop(record.key, None)
 

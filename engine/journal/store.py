@@ -216,8 +216,10 @@ class Journal:
                                              "last_buy_at": record.last_buy_at}, wall_time, order_id=None)
 
     def transition(self, record: PositionRecord, source: State, trigger: str, payload: dict[str, object],
-                   wall_time: datetime) -> None:
-        self._write(record, source, trigger, payload, wall_time, order_id=self._order_id(record))
+                   wall_time: datetime, *, order_id: str | None = None) -> None:
+        """`order_id`: the order signed for the attempt in flight, while SELLING (the caller keeps it)."""
+        self._write(record, source, trigger, payload, wall_time,
+                    order_id=order_id if record.state is State.SELLING else None)
 
     def note_order(self, record: PositionRecord, order_id: str, wall_time: datetime) -> None:
         """The order about to be posted for the attempt in flight: durable before the post."""
@@ -228,12 +230,6 @@ class Journal:
     def forget(self, key: str) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM positions WHERE key = ?", (key,))
-
-    def _order_id(self, record: PositionRecord) -> str | None:
-        if record.state is not State.SELLING:
-            return None
-        row = self._db.execute("SELECT order_id, attempt_id FROM positions WHERE key = ?", (record.key,)).fetchone()
-        return row[0] if row is not None and row[1] == record.attempt_id else None
 
     def _write(self, record: PositionRecord, source: State | None, trigger: str, payload: dict[str, object],
                wall_time: datetime, *, order_id: str | None) -> None:
