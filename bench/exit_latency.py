@@ -214,7 +214,8 @@ def main() -> None:
             verdict = ""
             if targeted:
                 verdict = f"<= {LIMIT:.2f} at p99: {'met' if p99 / base[1] <= LIMIT else 'MISSED'}"
-            print(f"{name:<48} {per_exit:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {p50 / args.rtt if args.rtt else 0:>9.2f} "
+            rtts = p50 / args.rtt if args.rtt else 0.0
+            print(f"{name:<48} {per_exit:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {rtts:>9.2f} "
                   f"{p50 / base[0]:>10.3f} {p99 / base[1]:>10.3f}  {verdict}", flush=True)
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ window after a buy), `monotonic()` for durations (verify latency, permit age), w
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -21,7 +21,7 @@ class SystemClock:
     """Reads `time` at call time, so freezegun's patches apply."""
 
     def wall(self) -> datetime:
-        return datetime.fromtimestamp(time.time(), tz=timezone.utc)
+        return datetime.fromtimestamp(time.time(), tz=UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -31,7 +31,7 @@ class ManualClock:
     """A clock that moves only when told to."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._wall = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._wall = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._mono = 1_000.0
 
     def wall(self) -> datetime:

@@ -126,7 +126,8 @@ class PaperExchange:
     def bids(self, token_id: str) -> list[tuple[Decimal, Decimal]]:
         return [(price, micro_to_shares(size)) for price, size in self._bids.get(token_id, [])]
 
-    def set_market(self, token_id: str, *, tick_size: object = Decimal("0.01"), min_order_size: object = Decimal("5")) -> None:
+    def set_market(self, token_id: str, *, tick_size: object = Decimal("0.01"),
+                   min_order_size: object = Decimal("5")) -> None:
         self._rules[token_id] = MarketRules.of(tick_size=tick_size, min_order_size=min_order_size)
 
     # -- faults ------------------------------------------------------------------------------------
@@ -279,7 +280,8 @@ class PaperExchange:
                                 InsufficientBalance(NO_BALANCE_MESSAGE, status=400))
         book = self._bids.get(token, [])
         if sum(size for price, size in book if price >= limit_price) < shares:
-            return self._record(permit, limit_price, SellStatus.KILLED, order_id, OrderKilled(KILLED_MESSAGE, status=400))
+            return self._record(permit, limit_price, SellStatus.KILLED, order_id,
+                                OrderKilled(KILLED_MESSAGE, status=400))
         remaining, proceeds, rest = shares, Decimal(0), []
         for price, size in book:
             take = min(size, remaining) if price >= limit_price else 0

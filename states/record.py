@@ -90,7 +90,8 @@ class PositionRecord:
         return record
 
     def __repr__(self) -> str:
-        return f"PositionRecord(key={self.key!r}, token_id={self.token_id!r}, state={self.state}, expected={self.expected})"
+        return (f"PositionRecord(key={self.key!r}, token_id={self.token_id!r}, state={self.state}, "
+                f"expected={self.expected})")
 
 
 def record_of(event: EventData) -> PositionRecord:

@@ -3,7 +3,7 @@ in the state it was in (OPEN), and nothing sent to the exchange."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -301,7 +301,7 @@ def test_bad_position_field_is_refused_naming_field_and_value(field: str, value:
 
 
 def test_position_accepts_exact_shares_and_an_aware_last_buy() -> None:
-    bought = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    bought = datetime(2026, 1, 1, tzinfo=UTC)
 
     position = Position(key="p1", token_id="tok", shares="4.893500", last_buy_at=bought)
 

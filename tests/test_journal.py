@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from engine.journal import schema as journal_schema
 from engine.paper import PaperExchange
 from states import MICRO, MarketRules, PositionRecord, SellPermit, State, assess_balance, fire, take_permit
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PRICE = Decimal("0.55")
 
 pytestmark = pytest.mark.anyio

@@ -304,7 +304,8 @@ async def test_sells_record_every_sell_received_with_its_status(paper: PaperExch
     ]
     filled, killed, rejected, refused = paper.sells
     assert (filled.token_id, filled.shares, filled.limit_price) == (TOKEN, Decimal("5"), Decimal("0.60"))
-    assert (filled.avg_price, filled.order_id, filled.error) == (Decimal("0.618"), fill.order_id, None)  # 4 @ 0.62 + 1 @ 0.61
+    # 4 @ 0.62 + 1 @ 0.61
+    assert (filled.avg_price, filled.order_id, filled.error) == (Decimal("0.618"), fill.order_id, None)
     assert killed.error == KILLED_MESSAGE and killed.avg_price is None
     assert "tick size" in (rejected.error or "")
     assert refused.error == NO_BALANCE_MESSAGE

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import anyio
@@ -102,7 +103,7 @@ async def test_balance_lagging_a_fresh_buy_is_refreshed_not_taken_for_an_exit(
     clob.set_balance(TOKEN, Decimal("0"))
     clob.credit(TOKEN, Decimal("10"))  # on chain, not yet in the exchange's cache
     assert clob.cached_balance(TOKEN) == 0
-    await tracked(engine, exchange, last_buy_at=datetime.now(timezone.utc))
+    await tracked(engine, exchange, last_buy_at=datetime.now(UTC))
     result = await engine.exit("p1", reason="take_profit", limit_price=Decimal("0.55"))
     assert result.outcome is ExitOutcome.CLOSED and result.shares_sold == Decimal("10")
     assert engine.metrics.balance_refreshes == 1
@@ -325,7 +326,7 @@ async def test_a_burst_of_exits_stays_inside_every_rate_limit(clob: FakeClob) ->
         times = [at for f, at in granted if f is family]
         for i, start in enumerate(times):
             assert sum(1 for t in times[i:] if t < start + limit.per_seconds) <= 2 * limit.requests
-        assert all(b - a >= 0 for a, b in zip(times, times[1:]))
+        assert all(b - a >= 0 for a, b in itertools.pairwise(times))
     # Every request the exchange saw went through its bucket.
     assert clob.count("GET", "/balance-allowance") == sum(1 for f, _ in granted
                                                           if f in (Family.BALANCE, Family.BALANCE_UPDATE))

@@ -382,7 +382,8 @@ class ExitMachine(RuleBasedStateMachine):
             return
         raise AssertionError(f"{token} is held by a live position, yet {key} was tracked on it")
 
-    @rule(token=st.sampled_from(TOKENS), change=st.sampled_from(["buy 1", "buy 2.5", "buy 10", "sold all", "sold half"]))
+    @rule(token=st.sampled_from(TOKENS),
+          change=st.sampled_from(["buy 1", "buy 2.5", "buy 10", "sold all", "sold half"]))
     def balance_change(self, token: str, change: str) -> None:
         """A buy adds shares on the exchange; "sold" is another process selling some or all of them."""
         verb, amount = change.split()
@@ -418,7 +419,8 @@ class ExitMachine(RuleBasedStateMachine):
         self.check_result(key, before, result, seen)
 
     @precondition(lambda self: self.keys)
-    @rule(index=st.integers(0, 50), n=st.integers(2, 3), prices=st.lists(st.sampled_from(PRICES), min_size=3, max_size=3))
+    @rule(index=st.integers(0, 50), n=st.integers(2, 3),
+          prices=st.lists(st.sampled_from(PRICES), min_size=3, max_size=3))
     def racing_exits(self, index: int, n: int, prices: list[Decimal]) -> None:
         key = self.pick(index)
         before, seen = self.eng.state(key), self.exchange_seen()

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ DESIGN_TRIGGERS = (
 MICRO = states.MICRO
 TEN = 10 * MICRO
 RULES = MarketRules()  # tick 0.01, minimum order 5 shares, size step 0.01
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 WINDOW = timedelta(seconds=60)
 VERIFIED_AT = 1_000.0
 
