@@ -1,4 +1,5 @@
-"""The `exitguard` command: run a scenario on the paper exchange, or write the state diagrams."""
+"""The `exitguard` command: run a scenario on the paper exchange, one exit (`exit`), a journal's
+positions and audit trail (`status`, `history`), or write the state diagrams."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TextIO
 
 import anyio
 
-from engine import __version__, oneoff
+from engine import __version__, journal_cli, oneoff
 from engine.logs import configure_logging
 from engine.position import ExitOutcome, ExitResult
 from engine.scenario import (
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-level", default="INFO", help="log level for stderr (default INFO)")
 
     oneoff.add_parser(commands)
+    journal_cli.add_parsers(commands)
 
     diagram = commands.add_parser("diagram", help="write the position machine's diagrams (Mermaid, DOT)")
     diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="folder (default ./diagrams)")
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args.scenario, json_logs=args.json_logs, log_level=args.log_level, out=sys.stdout)
     if args.command == "exit":
         return oneoff.run(args)
+    if args.command in ("status", "history"):
+        return journal_cli.run(args)
     return _diagram(args.out, check=args.check, out=sys.stdout)
 
 

@@ -59,6 +59,7 @@ from states import (
 )
 
 DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
+WARM_UP_WORKERS = 8
 
 
 class ExitEngine:
@@ -145,9 +146,9 @@ class ExitEngine:
         # Warm-ups and settlement polling run beside the exits; they never decide a state by themselves.
         self._background = anyio.create_task_group()
         await self._background.__aenter__()
-        for record in self._records.values():
-            if record.state is State.OPEN:
-                self._start_warm_up(record.token_id)
+        tokens = list(dict.fromkeys(r.token_id for r in self._records.values() if r.state is State.OPEN))
+        if tokens:
+            self._background.start_soon(self._warm_up_all, tokens)
         if self.settlement_poll_interval is not None:
             self._background.start_soon(self._poll_settlements, self.settlement_poll_interval)
         if self.journal is not None:
@@ -509,6 +510,19 @@ class ExitEngine:
             # exit looks the market up itself.
             return
         self._background.start_soon(self._warm_up, token)
+
+    async def _warm_up_all(self, tokens: list[str]) -> None:
+        """Warm many tokens (a restart with a large journal) through a few workers, not a task each:
+        100,000 tasks would cost seconds of start-up and a burst of look-ups at the exchange."""
+        pending = iter(tokens)
+
+        async def worker() -> None:
+            for token in pending:
+                await self._warm_up(token)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(min(WARM_UP_WORKERS, len(tokens))):
+                group.start_soon(worker)
 
     async def _warm_up(self, token: str) -> None:
         try:
