@@ -7,7 +7,9 @@ permit fresh -> one FOK post of exactly the permit's shares.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,6 +19,7 @@ from types import TracebackType
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.clock import Clock, SystemClock
 from engine.divergence import DivergenceDetector, DivergenceEvent, DivergenceKind
@@ -126,6 +129,8 @@ class ExitEngine:
         self._returned = 0
         self._limiter: anyio.CapacityLimiter | None = None
         self._background: anyio.abc.TaskGroup | None = None
+        self._warm_queue: MemoryObjectSendStream[str] | None = None
+        self._loop_thread: int | None = None
         self._running = 0
         self._idle: anyio.Event | None = None
 
@@ -146,9 +151,15 @@ class ExitEngine:
         # Warm-ups and settlement polling run beside the exits; they never decide a state by themselves.
         self._background = anyio.create_task_group()
         await self._background.__aenter__()
-        tokens = list(dict.fromkeys(r.token_id for r in self._records.values() if r.state is State.OPEN))
-        if tokens:
-            self._background.start_soon(self._warm_up_all, tokens)
+        self._loop_thread = threading.get_ident()
+        # Market warm-ups go through a queue and a few workers, not a task per position: a task costs
+        # ~45 us and ~1 KB, which at 100,000 positions is seconds and a hundred megabytes.
+        self._warm_queue, tokens_to_warm = anyio.create_memory_object_stream[str](math.inf)
+        for _ in range(WARM_UP_WORKERS):
+            self._background.start_soon(self._warm_up_worker, tokens_to_warm.clone())
+        tokens_to_warm.close()
+        for token in dict.fromkeys(r.token_id for r in self._records.values() if r.state is State.OPEN):
+            self._warm_queue.send_nowait(token)
         if self.settlement_poll_interval is not None:
             self._background.start_soon(self._poll_settlements, self.settlement_poll_interval)
         if self.journal is not None:
@@ -164,6 +175,9 @@ class ExitEngine:
             self._idle = anyio.Event()
             with anyio.CancelScope(shield=True):
                 await self._idle.wait()
+        if self._warm_queue is not None:
+            self._warm_queue.close()
+            self._warm_queue = None
         background, self._background = self._background, None
         if background is not None:
             background.cancel_scope.cancel()
@@ -194,8 +208,8 @@ class ExitEngine:
         if self.journal is not None:
             self.journal.track(record, self.clock.wall())
         emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
-        if self._background is not None:
-            self._start_warm_up(position.token_id)
+        if self._warm_queue is not None:
+            self._queue_warm_up(position.token_id)
 
     def forget(self, key: str) -> None:
         """Drop a finished position from memory."""
@@ -501,28 +515,18 @@ class ExitEngine:
 
     # -- background: warm-up and settlement --------------------------------------------------------
 
-    def _start_warm_up(self, token: str) -> None:
-        assert self._background is not None
-        try:
-            anyio.get_current_task()
-        except RuntimeError:
+    def _queue_warm_up(self, token: str) -> None:
+        assert self._warm_queue is not None
+        if threading.get_ident() != self._loop_thread:
             # track() called from outside the engine's event loop (another thread): no warm-up; the first
             # exit looks the market up itself.
             return
-        self._background.start_soon(self._warm_up, token)
+        self._warm_queue.send_nowait(token)
 
-    async def _warm_up_all(self, tokens: list[str]) -> None:
-        """Warm many tokens (a restart with a large journal) through a few workers, not a task each:
-        100,000 tasks would cost seconds of start-up and a burst of look-ups at the exchange."""
-        pending = iter(tokens)
-
-        async def worker() -> None:
-            for token in pending:
+    async def _warm_up_worker(self, tokens: MemoryObjectReceiveStream[str]) -> None:
+        async with tokens:
+            async for token in tokens:
                 await self._warm_up(token)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(min(WARM_UP_WORKERS, len(tokens))):
-                group.start_soon(worker)
 
     async def _warm_up(self, token: str) -> None:
         try:
