@@ -1,0 +1,138 @@
+"""Tracking 100,000 positions: time, memory per position, and cost per transition.
+
+Next to the engine's figures, the naive designs the limits are chasing, measured in the same run on a
+sample and scaled: one `transitions.Machine` per position, and one shared machine with `add_model`
+(which scans the machine's model list on every add, so it grows quadratically).
+
+Limits (issue 5): tracking 100,000 positions in <= 1 s at <= 2 KiB per position.
+
+    python bench/tracking.py [--positions 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import tracemalloc
+from decimal import Decimal
+
+import anyio
+from loguru import logger
+from transitions import Machine
+
+from engine import ExitEngine, Position
+from engine.paper import PaperExchange
+from states import MICRO, PositionRecord, State, fire
+
+LIMIT_SECONDS = 1.0
+LIMIT_BYTES = 2048
+PRICE = Decimal("0.55")
+
+
+async def track_all(n: int) -> tuple[float, float, int]:
+    """Seconds to build and track n positions in a running engine, then bytes per position (traced
+    in a second pass, since tracing slows allocation down), and the engine's tracked count."""
+    exchange = PaperExchange()
+    async with ExitEngine(exchange, settlement_poll_interval=None) as engine:
+        started = time.perf_counter()
+        for i in range(n):
+            engine.track(Position(key=f"p{i}", token_id=f"t{i}", shares=Decimal("10")))
+        elapsed = time.perf_counter() - started
+        tracked = len(engine.states())
+    gc.collect()
+    async with ExitEngine(PaperExchange(), settlement_poll_interval=None) as engine:
+        keys = [(f"p{i}", f"t{i}") for i in range(n)]  # the bot's own strings, not the engine's cost
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for key, token in keys:
+            engine.track(Position(key=key, token_id=token, shares=Decimal("10")))
+        per_position = (tracemalloc.get_traced_memory()[0] - before) / n
+        tracemalloc.stop()
+    return elapsed, per_position, tracked
+
+
+def transition_cost(n: int) -> float:
+    """Microseconds per transition of the shared machine: request_exit then verify_failed on n records."""
+    records = [PositionRecord(f"p{i}", f"t{i}", 10 * MICRO) for i in range(n)]
+    started = time.perf_counter()
+    for i, record in enumerate(records):
+        fire(record, "request_exit", reason="bench", limit_price=PRICE, attempt_id=f"a{i}")
+        fire(record, "verify_failed", error="bench")
+    elapsed = time.perf_counter() - started
+    assert all(record.state is State.OPEN for record in records)
+    return elapsed / (2 * n) * 1e6
+
+
+class Model:
+    pass
+
+
+def machine_per_model(sample: int) -> tuple[float, float]:
+    """Bytes and seconds per position with one Machine each (the obvious transitions design)."""
+    states = [str(s) for s in State]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    started = time.perf_counter()
+    machines = []
+    for _ in range(sample):
+        model = Model()
+        machine = Machine(model=model, states=states, initial="OPEN", auto_transitions=False)
+        machine.add_transition("request_exit", "OPEN", "VERIFYING")
+        machine.add_transition("verify_failed", "VERIFYING", "OPEN")
+        machines.append(machine)
+    elapsed = time.perf_counter() - started
+    size = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return size / sample, elapsed / sample
+
+
+def shared_machine_add_model(sample: int) -> float:
+    """Seconds to add `sample` models to one shared machine with add_model."""
+    machine = Machine(model=None, states=[str(s) for s in State], initial="OPEN", auto_transitions=False)
+    models = [Model() for _ in range(sample)]
+    started = time.perf_counter()
+    for model in models:
+        machine.add_model(model)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--positions", type=int, default=100_000)
+    parser.add_argument("--sample", type=int, default=10_000, help="positions for the naive designs")
+    args = parser.parse_args()
+    logger.remove()
+    n = args.positions
+    elapsed, per_position, tracked = anyio.run(track_all, n)
+    assert tracked == n
+    per_transition = transition_cost(n)
+    naive_bytes, naive_seconds = machine_per_model(args.sample)
+    # add_model costs a constant per model plus a scan of the models already there: fit t = a*m + b*m^2
+    # on two sample sizes and evaluate at n.
+    small, large = args.sample, 2 * args.sample
+    t_small, t_large = shared_machine_add_model(small), shared_machine_add_model(large)
+    b = max(0.0, (t_large - 2 * t_small) / (2 * small**2))
+    a = (t_small - b * small**2) / small
+    add_model_at_n = a * n + b * n**2
+    growth = t_large / t_small
+
+    print(f"tracking {n:,} positions (engine running, paper exchange, logging off)\n")
+    print(f"{'':<52} {'figure':>14}   limit")
+    print(f"{'time to build and track them all':<52} {elapsed:>12.2f} s   <= {LIMIT_SECONDS:.0f} s: "
+          f"{'met' if elapsed <= LIMIT_SECONDS else 'MISSED'}")
+    print(f"{'memory per position (tracemalloc)':<52} {per_position:>12.0f} B   <= {LIMIT_BYTES} B: "
+          f"{'met' if per_position <= LIMIT_BYTES else 'MISSED'}")
+    print(f"{'cost per transition (shared machine, fire)':<52} {per_transition:>11.1f} us")
+    print(f"\nnaive designs, measured on {args.sample:,} positions in this run and scaled to {n:,}:")
+    print(f"{'one Machine per position: memory per position':<52} {naive_bytes:>12.0f} B   "
+          f"({naive_bytes * n / 2**20:,.0f} MiB at {n:,})")
+    print(f"{'one Machine per position: time to build':<52} {naive_seconds * n:>12.2f} s")
+    print(f"{'shared machine with add_model: time to add':<52} {add_model_at_n:>12.2f} s   "
+          f"(fitted: {small:,} took {t_small:.2f} s, {large:,} took {t_large:.2f} s, {growth:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
