@@ -9,7 +9,7 @@ threads do not share the engine's interpreter lock), with a round-trip time adde
 
 Next to it, the naive baseline measured in the same run: the same exits one after another.
 
-    python bench/burst.py [--exits 2000] [--factor 5] [--rtt 0.02]
+    python bench/burst.py [--exits 1000] [--factor 2] [--rtt 0.02]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -64,11 +65,12 @@ def bound(exits: int, factor: float) -> float:
     return worst
 
 
-async def burst(client: ClobClient, tokens: list[str], factor: float, *, concurrent: bool) -> tuple[float, int]:
+async def burst(client: ClobClient, tokens: list[str], factor: float, *,
+                concurrent: bool) -> tuple[float, Counter[str]]:
     limits = {family: DOCUMENTED_LIMITS[family].scaled(factor) for family in DOCUMENTED_LIMITS}
-    exchange = PolymarketExchange(client, rate_limits=limits, max_threads=64)
+    exchange = PolymarketExchange(client, rate_limits=limits)
     outcomes: list[ExitOutcome] = []
-    async with ExitEngine(exchange, settlement_poll_interval=None, max_concurrent_exits=256) as engine:
+    async with ExitEngine(exchange, settlement_poll_interval=None) as engine:
         for i, token in enumerate(tokens):
             engine.track(Position(key=f"p{i}", token_id=token, shares=Decimal("10")))
         for token in dict.fromkeys(tokens):
@@ -86,14 +88,15 @@ async def burst(client: ClobClient, tokens: list[str], factor: float, *, concurr
             for i in range(len(tokens)):
                 await one(i)
         elapsed = time.perf_counter() - started
-    closed = sum(1 for outcome in outcomes if outcome is ExitOutcome.CLOSED)
-    return elapsed, closed
+    return elapsed, Counter(str(outcome) for outcome in outcomes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exits", type=int, default=2_000)
-    parser.add_argument("--factor", type=float, default=5.0, help="scale of the documented limits")
+    parser.add_argument("--exits", type=int, default=1_000)
+    # The fake CLOB checks every order's signature and HMAC in Python, in one process: on the 2-core
+    # machine it serves about 290 requests/s, so limits above ~x5 measure the fake, not the engine.
+    parser.add_argument("--factor", type=float, default=2.0, help="scale of the documented limits")
     parser.add_argument("--rtt", type=float, default=0.02, help="seconds the fake adds to every request")
     parser.add_argument("--naive-sample", type=int, default=100, help="sequential exits timed and scaled")
     args = parser.parse_args()
@@ -112,7 +115,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
-    assert closed == args.exits and naive_closed == args.naive_sample
+    if closed != {"CLOSED": args.exits} or naive_closed != {"CLOSED": args.naive_sample}:
+        raise SystemExit(f"not every exit closed: burst {dict(closed)}, one by one {dict(naive_closed)}")
     limit_bound = bound(args.exits, args.factor)
     naive_scaled = naive / args.naive_sample * args.exits
     balance = DOCUMENTED_LIMITS[Family.BALANCE].scaled(args.factor)

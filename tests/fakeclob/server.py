@@ -64,6 +64,9 @@ def _err(status: int, message: str) -> Answer:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The stdlib's backlog of 5 resets connections when a burst opens dozens at once (bench/burst.py);
+    # the real CLOB sits behind a load balancer that does not.
+    request_queue_size = 1024
 
     def __init__(self, clob: FakeClob) -> None:
         self.clob = clob
