@@ -505,6 +505,8 @@ class ExitEngine:
             self._records[record.key] = record
             if row.order_id is not None:
                 self._order_ids[record.key] = row.order_id
+            if row.unsettled is not None:
+                self._unsettled[record.key] = row.unsettled
             if record.state not in FINAL_STATES:
                 self._live_by_token[record.token_id] = record.key
             restored.append(record)
@@ -538,6 +540,8 @@ class ExitEngine:
     def _follow_settlement(self, record: PositionRecord, fill: Fill) -> None:
         if fill.trade_ids:
             self._unsettled[record.key] = fill
+            if self.journal is not None:
+                self.journal.note_settlement(record, fill, "settlement_pending", self.clock.wall())
 
     async def _poll_settlements(self, interval: float) -> None:
         while True:
@@ -566,6 +570,8 @@ class ExitEngine:
             if settlement.status is SettlementStatus.PENDING:
                 continue
             del self._unsettled[key]
+            if self.journal is not None:
+                self.journal.note_settlement(record, None, str(settlement.status), self.clock.wall())
             if settlement.status is SettlementStatus.SETTLED:
                 emit("exit_settled", key=key, token=record.token_id, order_id=fill.order_id,
                      shares=micro_to_shares(fill.shares))

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from itertools import accumulate
+
+DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 10.0, 15.0,
+)
+"""Upper bounds in seconds: fine around one Polymarket round trip (50-300 ms), coarse out to the
+default sell timeout (15 s). The paper exchange's in-process exits land in the first buckets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,19 +34,45 @@ class LatencySummary:
                 "p99_ms": ms(self.p99), "max_ms": ms(self.max)}
 
 
-class LatencyRecorder:
-    """Bounded memory: a long-running engine keeps the last `window` samples for percentiles."""
+@dataclass(frozen=True, slots=True)
+class LatencyHistogram:
+    """All-time, Prometheus-style: `cumulative[i]` samples took at most `bounds[i]` seconds; `count`
+    is every sample (the +Inf bucket) and `sum` their total in seconds."""
 
-    def __init__(self, window: int = 100_000) -> None:
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]
+    count: int
+    sum: float
+
+
+class LatencyRecorder:
+    """Bounded memory: a long-running engine keeps the last `window` samples for percentiles, and
+    all-time counts per histogram bucket (`buckets`: ascending upper bounds in seconds)."""
+
+    def __init__(self, window: int = 100_000, *, buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS) -> None:
+        bounds = tuple(buckets)
+        if not bounds or any(not (math.isfinite(b) and b > 0) for b in bounds) or any(
+                a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise ValueError(f"buckets={buckets!r}: must be finite positive seconds in strictly ascending order")
         self._samples: deque[float] = deque(maxlen=window)
         self._count = 0
         self._max: float | None = None
+        self._sum = 0.0
+        self._bounds = bounds
+        self._in_bucket = [0] * (len(bounds) + 1)
+        """Samples per bucket, not cumulative; the last one is above every bound."""
 
     def record(self, seconds: float) -> None:
         self._samples.append(seconds)
         self._count += 1
+        self._sum += seconds
+        self._in_bucket[bisect_left(self._bounds, seconds)] += 1
         if self._max is None or seconds > self._max:
             self._max = seconds
+
+    def histogram(self) -> LatencyHistogram:
+        cumulative = tuple(accumulate(self._in_bucket))
+        return LatencyHistogram(self._bounds, cumulative[:-1], cumulative[-1], self._sum)
 
     def summary(self) -> LatencySummary:
         if not self._samples:

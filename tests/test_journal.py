@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from engine import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position, PositionConflict
+from engine import (
+    DivergenceKind,
+    ExitEngine,
+    ExitOutcome,
+    Fill,
+    ManualClock,
+    Position,
+    PositionConflict,
+    Settlement,
+    SettlementStatus,
+)
 from engine.errors import JournalError, TransientError
 from engine.journal import SCHEMA_VERSION, Journal
 from engine.journal import schema as journal_schema
@@ -283,3 +293,50 @@ async def test_an_older_schema_is_migrated_in_place(exchange: PaperExchange, clo
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert "note" in [row[1] for row in db.execute("PRAGMA table_info(positions)")]
+
+
+async def test_a_version_1_journal_is_migrated_and_keeps_its_positions(exchange: PaperExchange, clock: ManualClock,
+                                                                       path: Path) -> None:
+    db = sqlite3.connect(path)
+    for statement in journal_schema.MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("INSERT INTO positions (key, token_id, expected, state, attempts, sold, residual, unresolved, seq) "
+               "VALUES ('p1', 'tok', 10000000, 'OPEN', 0, 0, 0, 0, 1)")
+    db.execute(f"PRAGMA application_id = {journal_schema.APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.states() == {"p1": "OPEN"}
+        assert (await engine.exit("p1", reason="take_profit", limit_price=PRICE)).outcome is ExitOutcome.CLOSED
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+async def test_a_sale_still_settling_is_followed_after_a_restart(clock: ManualClock, path: Path) -> None:
+    class Settling(PaperExchange):
+        status = SettlementStatus.PENDING
+
+        async def sell(self, permit, limit_price):  # type: ignore[no-untyped-def]
+            fill = await super().sell(permit, limit_price)
+            return Fill(fill.shares, fill.avg_price, fill.order_id, trade_ids=("trade-1",))
+
+        async def settlement(self, fill: Fill) -> Settlement:
+            return Settlement(self.status, returned_shares=fill.shares if self.status is SettlementStatus.FAILED
+                              else 0)
+
+    exchange = Settling(clock=clock)
+    exchange.set_balance("tok", Decimal("10"))
+    exchange.set_bids("tok", [(Decimal("0.60"), Decimal("100"))])
+    async with engine_on(exchange, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+        await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+        assert engine.unsettled() == ["p1"]
+    exchange.status = SettlementStatus.FAILED
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.unsettled() == ["p1"]
+        assert await engine.check_settlements() == {"p1": SettlementStatus.FAILED}
+        assert engine.states() == {"p1": "CLOSED", "p1~returned-1": "OPEN"}
+    async with engine_on(exchange, path, clock) as engine:
+        assert engine.unsettled() == [] and engine.state("p1~returned-1") == "OPEN"
+    trail = [t.trigger for t in Journal.open(path, readonly=True).history("p1")]
+    assert trail[-2:] == ["settlement_pending", "failed"]

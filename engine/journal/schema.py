@@ -9,7 +9,7 @@ from __future__ import annotations
 APPLICATION_ID = 0x45584744
 """b"EXGD": written into the SQLite header of every journal."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
     # version -> statements that build it from the version before (0: an empty file).
@@ -43,5 +43,10 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX transitions_by_key ON transitions (key, seq)",
         "CREATE INDEX positions_by_state ON positions (state)",
+    ],
+    2: [
+        # A CLOSED position whose fill is matched but not yet settled on chain: a restart keeps
+        # following it (a failed settlement hands the shares back).
+        "ALTER TABLE positions ADD COLUMN unsettled TEXT",
     ],
 }

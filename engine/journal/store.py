@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import JournalError
+from engine.exchange import Fill
 from engine.journal.lock import JournalLock
 from engine.journal.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from states import PositionRecord, SellPermit, State
@@ -52,6 +53,8 @@ class JournaledPosition:
     permit: SellPermit | None
     order_id: str | None
     """The order signed for the attempt in flight; written before it is posted (None: never posted)."""
+    unsettled: Fill | None = None
+    """CLOSED by a fill that is matched but not yet settled on chain."""
 
     def record(self) -> PositionRecord:
         return PositionRecord.restored(
@@ -84,6 +87,21 @@ def _permit_json(permit: SellPermit | None) -> str | None:
         return None
     return json.dumps({"shares": permit.shares, "verified_balance": permit.verified_balance,
                        "attempt_id": permit.attempt_id})
+
+
+def _fill_json(fill: Fill | None) -> str | None:
+    if fill is None:
+        return None
+    return json.dumps({"shares": fill.shares, "avg_price": str(fill.avg_price), "order_id": fill.order_id,
+                       "trade_ids": list(fill.trade_ids)})
+
+
+def _fill_of(text: str | None) -> Fill | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Fill(shares=data["shares"], avg_price=Decimal(data["avg_price"]), order_id=data["order_id"],
+                trade_ids=tuple(data["trade_ids"]))
 
 
 def _permit_of(key: str, token_id: str, text: str | None) -> SellPermit | None:
@@ -227,12 +245,18 @@ class Journal:
                                                            "attempt_id": record.attempt_id},
                     wall_time, order_id=order_id)
 
+    def note_settlement(self, record: PositionRecord, fill: Fill | None, event: str, wall_time: datetime) -> None:
+        """A fill to follow on chain (`fill`), or the end of following it (`fill=None`, event settled/failed)."""
+        self._write(record, record.state, event, {"order_id": None if fill is None else fill.order_id,
+                                                  "trade_ids": [] if fill is None else list(fill.trade_ids)},
+                    wall_time, order_id=None, unsettled=fill)
+
     def forget(self, key: str) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM positions WHERE key = ?", (key,))
 
     def _write(self, record: PositionRecord, source: State | None, trigger: str, payload: dict[str, object],
-               wall_time: datetime, *, order_id: str | None) -> None:
+               wall_time: datetime, *, order_id: str | None, unsettled: Fill | None = None) -> None:
         permit = record.inflight or record.permit
         with self._transaction():
             cursor = self._db.execute(
@@ -241,14 +265,14 @@ class Journal:
                  json.dumps(_plain(payload), sort_keys=True), wall_time.isoformat()))
             self._db.execute(
                 "INSERT OR REPLACE INTO positions (key, token_id, expected, last_buy_at, state, attempts, attempt_id, "
-                "reason, limit_price, verified_balance, sold, residual, unresolved, permit, order_id, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, limit_price, verified_balance, sold, residual, unresolved, permit, order_id, seq, unsettled) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.key, record.token_id, record.expected,
                  None if record.last_buy_at is None else record.last_buy_at.isoformat(), str(record.state),
                  record.attempts, record.attempt_id, record.reason,
                  None if record.limit_price is None else str(record.limit_price), record.verified_balance,
                  record.sold, record.residual, int(record.unresolved), _permit_json(permit), order_id,
-                 cursor.lastrowid))
+                 cursor.lastrowid, _fill_json(unsettled)))
         self.writes += 1
 
     def _transaction(self) -> _Transaction:
@@ -259,7 +283,8 @@ class Journal:
     def positions(self) -> list[JournaledPosition]:
         rows = self._db.execute(
             "SELECT key, token_id, expected, last_buy_at, state, attempts, attempt_id, reason, limit_price, "
-            "verified_balance, sold, residual, unresolved, permit, order_id FROM positions ORDER BY seq").fetchall()
+            "verified_balance, sold, residual, unresolved, permit, order_id, unsettled FROM positions "
+            "ORDER BY seq").fetchall()
         return [self._position(row) for row in rows]
 
     def history(self, key: str) -> list[JournaledTransition]:
@@ -271,7 +296,7 @@ class Journal:
 
     def _position(self, row: tuple[Any, ...]) -> JournaledPosition:
         (key, token, expected, last_buy, state, attempts, attempt_id, reason, limit_price, verified, sold,
-         residual, unresolved, permit, order_id) = row
+         residual, unresolved, permit, order_id, unsettled) = row
         try:
             return JournaledPosition(
                 key=key, token_id=token, expected=int(expected),
@@ -279,7 +304,7 @@ class Journal:
                 attempts=int(attempts), attempt_id=attempt_id, reason=reason,
                 limit_price=None if limit_price is None else Decimal(limit_price),
                 verified_balance=verified, sold=int(sold), residual=int(residual), unresolved=bool(unresolved),
-                permit=_permit_of(key, token, permit), order_id=order_id)
+                permit=_permit_of(key, token, permit), order_id=order_id, unsettled=_fill_of(unsettled))
         except (ValueError, KeyError, TypeError, ArithmeticError) as err:
             raise JournalError(self.path, f"position {key!r}: unreadable row ({err})") from None
 
