@@ -35,7 +35,7 @@ from engine.errors import (
 )
 from engine.exchange import Exchange, Fill, LookupStatus, SettlementStatus
 from engine.journal import Journal
-from engine.logs import emit
+from engine.logs import emit, enabled
 from engine.metrics import EngineMetrics
 from engine.position import ExitOutcome, ExitResult, Position
 from engine.recovery import RecoverySummary, recover
@@ -207,7 +207,8 @@ class ExitEngine:
         self._live_by_token[position.token_id] = position.key
         if self.journal is not None:
             self.journal.track(record, self.clock.wall())
-        emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
+        if enabled("position_tracked"):
+            emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
         if self._warm_queue is not None:
             self._queue_warm_up(position.token_id)
 

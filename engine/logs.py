@@ -44,12 +44,16 @@ EVENTS: dict[str, str] = {
 LEVEL_NO = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
+def enabled(event: str) -> bool:
+    """Whether any handler takes this event's level. loguru keeps the lowest level any handler accepts
+    in its core (pinned to loguru 0.7); a DEBUG event with an INFO sink then costs nothing to skip."""
+    return LEVEL_NO[EVENTS[event]] >= getattr(getattr(logger, "_core", None), "min_level", 0)
+
+
 def emit(event: str, **fields: object) -> None:
     level = EVENTS[event]
-    # No handler takes this level (e.g. DEBUG events with an INFO sink): skip building the record, which
-    # costs more than the work it reports at 100,000 tracked positions. loguru keeps the lowest level any
-    # handler accepts in its core (pinned to loguru 0.7).
-    if LEVEL_NO[level] < getattr(getattr(logger, "_core", None), "min_level", 0):
+    # Building a record nobody takes costs more than the work it reports at 100,000 tracked positions.
+    if not enabled(event):
         return
     text = " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
     # depth=1: the record names the engine function that emitted, not this helper.

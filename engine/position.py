@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -22,16 +22,18 @@ class Position:
     token_id: str
     shares: Decimal
     last_buy_at: datetime | None = None
+    _micro: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for field in ("key", "token_id"):
-            value = getattr(self, field)
+        for name in ("key", "token_id"):
+            value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise InvalidValue(field, value, "must be a non-empty string")
+                raise InvalidValue(name, value, "must be a non-empty string")
         micro = shares_to_micro(self.shares, "shares")
         if micro <= 0:
             raise InvalidValue("shares", self.shares, "must be positive")
         object.__setattr__(self, "shares", micro_to_shares(micro))
+        object.__setattr__(self, "_micro", micro)
         if self.last_buy_at is not None and (
             not isinstance(self.last_buy_at, datetime) or self.last_buy_at.tzinfo is None
         ):
@@ -39,7 +41,7 @@ class Position:
 
     @property
     def micro_shares(self) -> int:
-        return shares_to_micro(self.shares)
+        return self._micro
 
 
 class ExitOutcome(StrEnum):
