@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
@@ -15,6 +17,7 @@ import anyio
 from engine import __version__, journal_cli, oneoff
 from engine.logs import configure_logging
 from engine.position import ExitOutcome, ExitResult
+from engine.progress import ProgressLine
 from engine.scenario import (
     ScenarioError,
     ScenarioReport,
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("scenario", nargs="?", type=Path, help="scenario file (default: the bundled demo)")
     run.add_argument("--json-logs", action="store_true", help="log JSON lines to stderr")
     run.add_argument("--log-level", default="INFO", help="log level for stderr (default INFO)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a live line on stderr with the steps done and the positions by state "
+                          "(default: only when stderr is a terminal)")
 
     oneoff.add_parser(commands)
     journal_cli.add_parsers(commands)
@@ -47,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "run":
-        return _run(args.scenario, json_logs=args.json_logs, log_level=args.log_level, out=sys.stdout)
+        return _run(args.scenario, json_logs=args.json_logs, log_level=args.log_level, out=sys.stdout,
+                    progress=args.progress)
     if args.command == "exit":
         return oneoff.run(args)
     if args.command in ("status", "history"):
@@ -55,30 +62,45 @@ def main(argv: list[str] | None = None) -> int:
     return _diagram(args.out, check=args.check, out=sys.stdout)
 
 
-def _run(path: Path | None, *, json_logs: bool, log_level: str, out: TextIO) -> int:
-    configure_logging(json=json_logs, level=log_level.upper())
+def _run(path: Path | None, *, json_logs: bool, log_level: str, out: TextIO, progress: bool | None = None,
+         err: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> int:
+    """`progress`: True draws the progress line on `err`, False never does, None does when `err` is a
+    terminal. Nothing else in the output changes either way."""
+    err = sys.stderr if err is None else err
+    line = ProgressLine(err, clock=clock) if (err.isatty() if progress is None else progress) else None
+    configure_logging(json=json_logs, level=log_level.upper(), sink=None if line is None else line.above(err))
     try:
         if path is None:
             name, text = bundled_demo()
             steps = parse_scenario(text, name)
         else:
             name, steps = str(path), load_scenario(path)
-    except ScenarioError as err:
-        print(f"exitguard: {err}", file=sys.stderr)
+    except ScenarioError as error:
+        print(f"exitguard: {error}", file=err)
         return 2
     print(f"exitguard run: {name} on the paper exchange\n", file=out)
     print(f"{'line':>4}  {'position':<16} {'request':<24} {'outcome':<15} {'state':<11} {'sold':>8}  note", file=out)
+    # Rows that go to the terminal the progress line is on pass above it; rows to a file go straight.
+    rows = line.above(out) if line is not None and out.isatty() else out
 
     def show(step: Step, result: ExitResult) -> None:
         request = ("reconcile" if step.op == "reconcile"
                    else f"{step.args['reason']} @{step.args['limit_price']}")
         print(f"{step.line:>4}  {result.key:<16} {request:<24} {result.outcome:<15} {result.state:<11} "
-              f"{result.shares_sold:>8}  {_note(result)}", file=out, flush=True)
+              f"{result.shares_sold:>8}  {_note(result)}", file=rows, flush=True)
 
+    failure: ScenarioError | None = None
     try:
-        report = anyio.run(lambda: run_scenario(steps, on_result=show, source=name))
-    except ScenarioError as err:
-        print(f"exitguard: {err}", file=sys.stderr)
+        report = anyio.run(lambda: run_scenario(steps, on_result=show, source=name,
+                                                on_progress=None if line is None else line.update))
+    except ScenarioError as error:
+        failure = error
+    finally:
+        if line is not None:
+            # With the table on the same terminal the summary says it all; otherwise the final counts stay.
+            line.close(keep=not out.isatty())
+    if failure is not None:
+        print(f"exitguard: {failure}", file=err)
         return 2
     _summary(report, out)
     return 0

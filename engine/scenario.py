@@ -23,7 +23,8 @@ many exit() calls on the same position at once (a race). Blank lines and lines s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -244,9 +245,16 @@ def bundled_demo() -> tuple[str, str]:
 # -- running -------------------------------------------------------------------------------------
 
 ResultHook = Callable[[Step, ExitResult], None]
+ProgressHook = Callable[[int, int, Mapping[str, int]], None]
+"""(steps done, steps in all, positions by state) after every step. The mapping is live: the run keeps
+updating it, so copy it to keep a snapshot."""
+
+_KEYED_OPS = frozenset({"track", "exit", "reconcile"})
+"""The steps that can change a position's state; every other step leaves all states as they were."""
 
 
 async def run_scenario(steps: list[Step], *, on_result: ResultHook | None = None,
+                       on_progress: ProgressHook | None = None,
                        exchange: PaperExchange | None = None, source: str = "<scenario>") -> ScenarioReport:
     """Play the steps on a paper exchange. Exits of one step run concurrently; steps run in order.
 
@@ -258,15 +266,42 @@ async def run_scenario(steps: list[Step], *, on_result: ResultHook | None = None
         retry = RetryPolicy(**steps[0].args)
     report = ScenarioReport()
     async with ExitEngine(paper, retry=retry) as engine:
-        for step in steps:
+        tally = _StateTally(engine) if on_progress is not None else None
+        for done, step in enumerate(steps, start=1):
             try:
                 await _play(step, engine, paper, report, on_result)
             except InvalidValue as err:
                 raise ScenarioError.from_invalid(source, step.line, err) from None
             except (ExitRefused, PositionConflict, TransitionRefused) as err:
                 raise ScenarioError(source, step.line, "key", str(err)) from None
+            if on_progress is not None and tally is not None:
+                if step.op in _KEYED_OPS:
+                    tally.recount(step.args["key"])
+                on_progress(done, len(steps), tally.counts)
         report.final_states = engine.states()
     return report
+
+
+class _StateTally:
+    """Positions by state, kept in step with the engine at O(1) per step: `engine.states()` walks every
+    position, which at 100,000 positions is milliseconds a call. Exact for a scenario on the paper
+    exchange, where a state changes only in a step that names the position (paper fills carry no trade
+    ids, so no settlement can reopen a position in the background)."""
+
+    def __init__(self, engine: ExitEngine) -> None:
+        self._engine = engine
+        self._known = engine.states()
+        self.counts: Counter[str] = Counter(self._known.values())
+
+    def recount(self, key: str) -> None:
+        before = self._known.get(key)
+        after = self._engine.state(key)
+        if before == after:
+            return
+        if before is not None:
+            self.counts[before] -= 1
+        self.counts[after] += 1
+        self._known[key] = after
 
 
 async def _play(step: Step, engine: ExitEngine, paper: PaperExchange, report: ScenarioReport,
