@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -340,3 +345,40 @@ async def test_a_sale_still_settling_is_followed_after_a_restart(clock: ManualCl
         assert engine.unsettled() == [] and engine.state("p1~returned-1") == "OPEN"
     trail = [t.trigger for t in Journal.open(path, readonly=True).history("p1")]
     assert trail[-2:] == ["settlement_pending", "failed"]
+
+
+def _make_read_only(target: Path) -> Callable[[], None]:
+    """Read-only even for root: the immutable attribute when running as root (file modes do not stop
+    root), file modes otherwise. Returns the undo."""
+    if os.geteuid() != 0:
+        mode = target.stat().st_mode
+        target.chmod(0o555 if target.is_dir() else 0o444)
+        return lambda: target.chmod(mode)
+    done = subprocess.run(["chattr", "+i", str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make {target} read-only for root here: {done.stderr.strip()}")
+    return lambda: subprocess.run(["chattr", "-i", str(target)], check=True)
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+async def test_a_read_only_journal_is_refused_at_start_and_left_untouched(
+        exchange: PaperExchange, clock: ManualClock, read_only: str) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="exitguard-ro-"))
+    path = folder / "exits.journal"
+    undo: list[Callable[[], None]] = []
+    try:
+        async with engine_on(exchange, path, clock) as engine:
+            engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+        (folder / "exits.journal.lock").unlink()
+        before = path.read_bytes()
+        undo.append(_make_read_only(path if read_only == "file" else folder))
+        with pytest.raises(JournalError) as caught:
+            async with engine_on(exchange, path, clock):
+                pass
+        assert str(path) in str(caught.value)
+        assert "cannot write" in str(caught.value) or "cannot create the lock file" in str(caught.value)
+        assert path.read_bytes() == before and exchange.calls == []
+    finally:
+        for step in undo:
+            step()
+        shutil.rmtree(folder)

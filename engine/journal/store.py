@@ -224,9 +224,15 @@ class Journal:
         """Set WAL + synchronous=FULL, and prove the file writable now rather than at the first sell."""
         try:
             self._configure()
+            # A transaction that writes nothing succeeds on a read-only file; rewriting the schema
+            # version is a real write that changes nothing.
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
             self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(f"PRAGMA user_version = {int(version)}")
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as err:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise JournalError(self.path, f"cannot write ({err}); nothing was changed") from None
 
     def track(self, record: PositionRecord, wall_time: datetime) -> None:
