@@ -8,6 +8,7 @@ permit fresh -> one FOK post of exactly the permit's shares.
 from __future__ import annotations
 
 import math
+from collections import Counter
 import os
 import threading
 import uuid
@@ -231,6 +232,10 @@ class ExitEngine:
 
     def states(self) -> dict[str, str]:
         return {key: str(record.state) for key, record in self._records.items()}
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Tracked positions per state (for metrics: cheaper than `states()` at 100,000 positions)."""
+        return {str(state): count for state, count in Counter(r.state for r in self._records.values()).items()}
 
     def unresolved(self) -> list[str]:
         """Keys whose sell outcome is unknown: each needs `reconcile(key)`."""

@@ -1,8 +1,8 @@
 """The engine's numbers for Prometheus: text exposition format, optionally on a local HTTP port.
 
 Nothing here runs on the exit path. A collector reads the engine when it is scraped (`engine.metrics`,
-`engine.divergence`, `engine.states()`, `engine.unresolved()`, `engine.unsettled()`) into a registry of
-its own, so two engines in one process, or two tests, never share a series.
+`engine.divergence`, `engine.counts_by_state()`, `engine.unresolved()`, `engine.unsettled()`) into a
+registry of its own, so two engines in one process, or two tests, never share a series.
 
 The engine is not thread-safe and need not be: the HTTP server answers in a worker thread, but the
 reading itself is handed to the event loop the engine runs on (one short synchronous step, consistent
@@ -77,7 +77,7 @@ def _read(engine: ExitEngine) -> _Reading:
         exits=_with_zeros(ExitOutcome, metrics.outcomes),
         divergences=_with_zeros(DivergenceKind, divergence.by_kind),
         divergence_alerts=len(divergence.alerts),
-        positions=_with_zeros(State, Counter(engine.states().values())),
+        positions=_with_zeros(State, Counter(engine.counts_by_state())),
         unresolved=len(engine.unresolved()),
         unsettled=len(engine.unsettled()),
         balance_refreshes=metrics.balance_refreshes,
