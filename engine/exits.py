@@ -8,10 +8,10 @@ permit fresh -> one FOK post of exactly the permit's shares.
 from __future__ import annotations
 
 import math
-from collections import Counter
 import os
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal

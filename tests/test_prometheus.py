@@ -148,13 +148,13 @@ async def test_scrapes_read_the_engine_on_its_event_loop_not_in_the_server_threa
     loop_thread = threading.get_ident()
     async with ExitEngine(PaperExchange(clock=clock), clock=clock) as engine:
         readers: list[int] = []
-        states = engine.states
+        counts = engine.counts_by_state
 
-        def spying_states() -> dict[str, str]:
+        def spying_counts() -> dict[str, int]:
             readers.append(threading.get_ident())
-            return states()
+            return counts()
 
-        engine.states = spying_states  # type: ignore[method-assign]
+        engine.counts_by_state = spying_counts  # type: ignore[method-assign]
         async with metrics_server(engine, port=0) as server, httpx.AsyncClient(trust_env=False) as client:
             assert (await client.get(server.url)).status_code == 200
             render(engine)
