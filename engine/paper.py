@@ -37,7 +37,7 @@ from states import (
     shares_to_micro,
 )
 
-OPERATIONS = ("get_balance", "refresh_balance", "market_rules", "sell", "lookup_sell")
+OPERATIONS = ("get_balance", "refresh_balance", "market_rules", "sell", "lookup_sell", "settlement")
 
 KILLED_MESSAGE = "order couldn't be fully filled. FOK orders are fully filled or killed."
 NO_BALANCE_MESSAGE = "not enough balance / allowance"
@@ -100,6 +100,10 @@ class PaperExchange:
         self._used_attempts: set[str] = set()
         self._orders = 0
         self._prepared: dict[str, str] = {}
+        self._deferred: set[str] = set()
+        self._pending: dict[str, tuple[str, int]] = {}
+        """order id -> (token, micro-shares) matched but not settled."""
+        self._settled: dict[str, SettlementStatus] = {}
 
     # -- setting up the market -------------------------------------------------------------------
 
@@ -150,6 +154,22 @@ class PaperExchange:
         """The next `count` sells are executed, then the caller gets an UnknownOutcome instead of the answer."""
         self._lost_responses += count
 
+    def defer_settlement(self, token_id: str) -> None:
+        """Fills of the token from now on are matched but not settled: each carries a trade id, and
+        `settlement()` answers PENDING until `settle()`."""
+        self._deferred.add(token_id)
+
+    def settle(self, order_id: str | None = None, *, failed: bool = False) -> list[str]:
+        """Settle pending fills (one order, or all). `failed=True`: the trade fails on chain and the
+        shares go back to the seller's balance, as on Polymarket. Returns the orders settled."""
+        chosen = [oid for oid in self._pending if order_id is None or oid == order_id]
+        for oid in chosen:
+            token, shares = self._pending.pop(oid)
+            self._settled[oid] = SettlementStatus.FAILED if failed else SettlementStatus.SETTLED
+            if failed:
+                self._set_chain(token, self._chain.get(token, 0) + shares)
+        return chosen
+
     def corrupt_next_balance(self, token_id: str, raw: object) -> None:
         """The next balance read for the token returns `raw` as-is (e.g. "-5", "NaN", "abc", None)."""
         self._raw_balances[token_id].append(raw)
@@ -181,9 +201,12 @@ class PaperExchange:
         await anyio.lowlevel.checkpoint()
 
     async def settlement(self, fill: Fill) -> Settlement:
-        # Paper fills carry no trade ids, so the engine never asks; answer truthfully if it does.
-        await anyio.lowlevel.checkpoint()
-        return Settlement(SettlementStatus.SETTLED)
+        await self._request("settlement", self._pending.get(fill.order_id, ("", 0))[0])
+        await self._reply()
+        if fill.order_id in self._pending:
+            return Settlement(SettlementStatus.PENDING)
+        status = self._settled.get(fill.order_id, SettlementStatus.SETTLED)
+        return Settlement(status, returned_shares=fill.shares if status is SettlementStatus.FAILED else 0)
 
     async def prepare_sell(self, permit: SellPermit, limit_price: Decimal) -> str:
         # Not recorded in `calls`: nothing reaches the exchange until `sell`.
@@ -294,6 +317,9 @@ class PaperExchange:
         avg = proceeds / shares
         self.sells.append(PaperSell(token, micro_to_shares(shares), limit_price, permit.attempt_id,
                                     SellStatus.FILLED, order_id, avg_price=avg))
+        if token in self._deferred:
+            self._pending[order_id] = (token, shares)
+            return Fill(shares=shares, avg_price=avg, order_id=order_id, trade_ids=(f"{order_id}-trade",))
         return Fill(shares=shares, avg_price=avg, order_id=order_id)
 
     @staticmethod

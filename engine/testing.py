@@ -98,7 +98,7 @@ class PaperFaults:
 
     def fail_next(self, operation: str, error: str | ExchangeError = "transient", count: int = 1) -> None:
         """The next `count` calls of `operation` ("get_balance", "refresh_balance", "market_rules", "sell",
-        "lookup_sell") raise `error` without acting. A sell failed this way was never executed."""
+        "lookup_sell", "settlement") raise `error` without acting. A sell failed this way was never executed."""
         if isinstance(error, str) and error in FAULT_ERRORS:
             error = FAULT_ERRORS[error]()
         if not isinstance(error, ExchangeError):
@@ -121,6 +121,16 @@ class PaperFaults:
     def corrupt_next_balance(self, token_id: str, raw: object = "NaN") -> None:
         """The next balance answer for the token is `raw` as-is (e.g. "NaN", "-5", "abc", None): VERIFY_FAILED."""
         self.exchange.corrupt_next_balance(token_id, raw)
+
+    def defer_settlement(self, token_id: str) -> None:
+        """Fills of the token stay matched but unsettled on chain until `settle()`: the engine lists them
+        in `unsettled()` and `check_settlements()` answers PENDING."""
+        self.exchange.defer_settlement(token_id)
+
+    def settle(self, order_id: str | None = None, *, failed: bool = False) -> list[str]:
+        """Settle deferred fills (one order or all); `failed=True` fails them on chain and hands the shares
+        back, which the engine turns into a `settlement_failed` divergence and a new OPEN position."""
+        return self.exchange.settle(order_id, failed=failed)
 
     def latency(self, seconds: float) -> None:
         """Seconds added to every exchange call, in real event-loop time (anyio.sleep), so concurrent

@@ -31,7 +31,7 @@ from engine.paper import (
     PaperExchange,
     SellStatus,
 )
-from states import InvalidValue, MarketRules, PermitError, SellPermit, shares_to_micro
+from states import MICRO, InvalidValue, MarketRules, PermitError, SellPermit, shares_to_micro
 
 TOKEN = "tok"
 
@@ -78,6 +78,9 @@ async def call_operation(paper: PaperExchange, operation: str) -> object:
         return await paper.sell(make_permit("10", attempt_id=f"op-{len(paper.calls)}"), Decimal("0.60"))
     if operation == "lookup_sell":
         return await paper.lookup_sell(make_permit("10", attempt_id="never-sent"))
+    if operation == "settlement":
+        return await paper.settlement(Fill(shares=10 * MICRO, avg_price=Decimal("0.60"), order_id="never-sent",
+                                           trade_ids=("t",)))
     raise AssertionError(operation)
 
 
