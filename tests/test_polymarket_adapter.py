@@ -296,11 +296,13 @@ async def test_a_burst_of_exits_stays_inside_every_rate_limit(clob: FakeClob) ->
         await anyio.lowlevel.checkpoint()
 
     limits = {Family.BALANCE: Limit(4, 1.0), Family.ORDER: Limit(3, 1.0), Family.BALANCE_UPDATE: Limit(2, 1.0)}
-    exchange = PolymarketExchange(clob.client(), rate_limits=limits, clock=virtual, sleep=virtual_sleep)
+    # Posts may wait here as long as the buckets make them: this test is about the buckets themselves.
+    exchange = PolymarketExchange(clob.client(), rate_limits=limits, clock=virtual, sleep=virtual_sleep,
+                                  max_order_wait=60.0)
     original = exchange.limits.acquire
 
-    async def recording(family: Family) -> None:
-        await original(family)
+    async def recording(family: Family, max_wait: float | None = None) -> None:
+        await original(family, max_wait)
         granted.append((family, virtual.monotonic()))
 
     exchange.limits.acquire = recording  # type: ignore[method-assign]
@@ -353,3 +355,22 @@ async def test_secrets_never_reach_reprs_logs_or_errors(clob: FakeClob, exchange
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+async def test_a_post_that_would_wait_too_long_for_the_order_limit_sends_nothing(clob: FakeClob) -> None:
+    virtual = ManualClock()
+
+    async def virtual_sleep(seconds: float) -> None:
+        virtual.advance(seconds)
+        await anyio.lowlevel.checkpoint()
+
+    exchange = PolymarketExchange(clob.client(), rate_limits={Family.ORDER: Limit(1, 60.0)}, clock=virtual,
+                                  sleep=virtual_sleep, max_order_wait=0.5)
+    async with ExitEngine(exchange, settlement_poll_interval=None) as engine:
+        await tracked(engine, exchange)
+        await tracked(engine, exchange, key="p2", token=OTHER)
+        first = await engine.exit("p1", reason="take_profit", limit_price=Decimal("0.55"))
+        second = await engine.exit("p2", reason="take_profit", limit_price=Decimal("0.55"))
+    assert first.outcome is ExitOutcome.CLOSED
+    assert second.outcome is ExitOutcome.NOT_FILLED and "nothing sent" in (second.error or "")
+    assert clob.count("POST", "/order") == 1 and engine.state("p2") == "OPEN"

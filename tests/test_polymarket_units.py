@@ -21,7 +21,7 @@ from engine.errors import (
 from engine.exchange import Fill, SettlementStatus
 from engine.polymarket import PolymarketSettings, answers
 from engine.polymarket.orders import ExactAmountsBuilder, sign_sell
-from engine.polymarket.ratelimit import Family, Limit, RateLimits, TokenBucket
+from engine.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits, TokenBucket
 from states import InvalidValue, MarketRules, PermitError, SellPermit
 
 KEY = "0x" + "4c" * 32
@@ -223,3 +223,14 @@ async def test_concurrent_waiters_leave_in_rate_order() -> None:
 def test_bad_limits_name_the_field(requests: object, seconds: object) -> None:
     with pytest.raises(InvalidValue):
         Limit(requests, seconds)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_wait_longer_than_allowed_takes_nothing_and_says_when() -> None:
+    time = VirtualTime()
+    bucket = TokenBucket(Limit(1, 10.0), now=time.clock.monotonic, sleep=time.sleep)
+    await bucket.acquire(max_wait=0.5)
+    with pytest.raises(RateLimited, match="next slot in 10.000 s"):
+        await bucket.acquire(max_wait=0.5)
+    time.clock.advance(10.0)
+    await bucket.acquire(max_wait=0.5)  # the refused call took nothing

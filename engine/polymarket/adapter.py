@@ -31,7 +31,7 @@ from engine.errors import ExchangeError, OrderRejected, TransientError, UnknownO
 from engine.exchange import Fill, LookupStatus, SellLookup, Settlement
 from engine.polymarket import answers
 from engine.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
-from engine.polymarket.ratelimit import Family, Limit, RateLimits
+from engine.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
 from engine.polymarket.settings import PolymarketSettings
 from states import InvalidValue, MarketRules, PermitError, SellPermit, parse_count
 
@@ -52,6 +52,7 @@ class PolymarketExchange:
         *,
         call_timeout: float = 5.0,
         max_threads: int = 32,
+        max_order_wait: float = 0.5,
         rate_limits: dict[Family, Limit] | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Any] | None = None,
@@ -65,6 +66,9 @@ class PolymarketExchange:
         parse_count(max_threads, "max_threads")
         self.client = client
         self.call_timeout = float(call_timeout)
+        if isinstance(max_order_wait, bool) or not isinstance(max_order_wait, (int, float)) or max_order_wait < 0:
+            raise InvalidValue("max_order_wait", max_order_wait, "must be a number of seconds >= 0")
+        self.max_order_wait = float(max_order_wait)
         self.clock: Clock = clock or SystemClock()
         self.limits = RateLimits(rate_limits, now=self.clock.monotonic, sleep=sleep or anyio.sleep)
         self._threads = anyio.CapacityLimiter(max_threads)
@@ -148,8 +152,13 @@ class PolymarketExchange:
             raise PermitError(f"polymarket: permit {permit.attempt_id} already used; nothing sent")
         signed = await self._prepare(permit, limit_price)
         self._prepared.pop(permit.attempt_id, None)
+        try:
+            # The permit's verification ages while the post waits: past `max_order_wait`, give the slot
+            # up (nothing sent) and let the next attempt verify afresh.
+            await self.limits.acquire(Family.ORDER, max_wait=self.max_order_wait)
+        except RateLimited as err:
+            raise TransientError(f"order for {permit.token_id}: {err}; nothing sent") from None
         self._signed[permit.attempt_id] = signed
-        await self.limits.acquire(Family.ORDER)
         self.posts += 1
         try:
             with anyio.fail_after(self.call_timeout):

@@ -62,6 +62,14 @@ DOCUMENTED_LIMITS: dict[Family, Limit] = {
 tests/fakeclob/WIRE.md section 7). POST /order is the 10 s burst figure."""
 
 
+class RateLimited(Exception):
+    """The next token comes later than the caller can wait."""
+
+    def __init__(self, limit: Limit, wait: float) -> None:
+        self.wait = wait
+        super().__init__(f"rate limit {limit.requests} / {limit.per_seconds:g} s: next slot in {wait:.3f} s")
+
+
 class TokenBucket:
     """`limit.requests` tokens, refilled continuously over `limit.per_seconds`. Starts full."""
 
@@ -77,12 +85,16 @@ class TokenBucket:
         self.waited = 0.0
         """Seconds spent waiting for tokens, in total (an operator figure: time lost to the limit)."""
 
-    async def acquire(self) -> None:
+    async def acquire(self, max_wait: float | None = None) -> None:
+        """Take a token, waiting for the refill if needed. With `max_wait`, raise `RateLimited` instead of
+        waiting longer than that (nothing is taken)."""
         # One waiter at a time refills and takes, so requests leave in arrival order.
         async with self._lock:
             self._refill()
             if self._tokens < 1:
                 wait = (1 - self._tokens) / self._rate
+                if max_wait is not None and wait > max_wait:
+                    raise RateLimited(self.limit, wait)
                 self.waited += wait
                 await self._sleep(wait)
                 self._refill()
@@ -105,5 +117,5 @@ class RateLimits:
                 raise InvalidValue("rate_limits", {family: limit}, "must map a Family to a Limit")
         self.buckets = {family: TokenBucket(limit, now=now, sleep=sleep) for family, limit in chosen.items()}
 
-    async def acquire(self, family: Family) -> None:
-        await self.buckets[family].acquire()
+    async def acquire(self, family: Family, max_wait: float | None = None) -> None:
+        await self.buckets[family].acquire(max_wait)
