@@ -58,6 +58,7 @@ from states import (
     parse_count,
     parse_price,
     parse_raw_balance,
+    parse_seconds,
     permit_is_fresh,
     take_permit,
 )
@@ -101,8 +102,7 @@ class ExitEngine:
                               ("sell_timeout", sell_timeout),
                               ("settlement_poll_interval", 1.0 if settlement_poll_interval is None
                                else settlement_poll_interval)):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-                raise InvalidValue(name, seconds, "must be a positive number of seconds")
+            parse_seconds(seconds, name)
         if not isinstance(settlement_window, timedelta) or settlement_window < timedelta(0):
             raise InvalidValue("settlement_window", settlement_window, "must be a timedelta >= 0")
         self.exchange = exchange

@@ -46,7 +46,7 @@ from engine.exits import ExitEngine
 from engine.paper import KILLED_MESSAGE, NO_BALANCE_MESSAGE, OPERATIONS, PaperExchange
 from engine.position import ExitResult, Position
 from engine.retry import RetryPolicy
-from states import InvalidValue, TransitionRefused, parse_count, parse_price, shares_to_micro
+from states import InvalidValue, TransitionRefused, parse_count, parse_price, parse_seconds, shares_to_micro
 
 FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
     "killed": lambda: OrderKilled(KILLED_MESSAGE, status=400),
@@ -122,9 +122,7 @@ def _price(value: Any, name: str) -> Decimal:
 def _seconds(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise InvalidValue(name, value, "must be a number of seconds >= 0")
-    return float(value)
+    return parse_seconds(value, name, allow_zero=True)
 
 
 def _bids(value: Any, name: str) -> list[tuple[Decimal, Decimal]]:

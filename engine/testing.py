@@ -34,7 +34,7 @@ from engine.errors import ExchangeError, OrderKilled
 from engine.exits import ExitEngine
 from engine.paper import KILLED_MESSAGE, PaperExchange
 from engine.scenario import FAULT_ERRORS
-from states import InvalidValue
+from states import InvalidValue, parse_seconds
 
 __all__ = ["FrozenClock", "PaperFaults", "attempt_ids", "JOURNAL_FILE"]
 
@@ -70,9 +70,7 @@ class FrozenClock(ManualClock):
     @contextmanager
     def ticking(self, seconds: float) -> Iterator[FrozenClock]:
         """Inside the block, every reading moves the clock `seconds` on (as freezegun's auto_tick_seconds)."""
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise InvalidValue("seconds", seconds, "must be a positive number of seconds")
-        previous, self._tick = self._tick, float(seconds)
+        previous, self._tick = self._tick, parse_seconds(seconds, "seconds")
         try:
             yield self
         finally:
@@ -136,9 +134,7 @@ class PaperFaults:
         """Seconds added to every exchange call, in real event-loop time (anyio.sleep), so concurrent
         calls interleave as over a network. Real time: keep it small in tests. It does not move the
         engine's clock; to age things deterministically, use `exitguard_clock` instead."""
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-            raise InvalidValue("seconds", seconds, "must be a number of seconds >= 0")
-        self.exchange.latency = seconds
+        self.exchange.latency = parse_seconds(seconds, "seconds", allow_zero=True)
 
 
 def attempt_ids(prefix: str = "attempt") -> Callable[[], str]:

@@ -11,6 +11,7 @@ from states.quantities import (
     parse_count,
     parse_price,
     parse_raw_balance,
+    parse_seconds,
     shares_to_micro,
 )
 from states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionRecord, State
@@ -39,6 +40,7 @@ __all__ = [
     "fire",
     "micro_to_shares",
     "parse_count",
+    "parse_seconds",
     "parse_price",
     "parse_raw_balance",
     "permit_is_fresh",

@@ -33,7 +33,7 @@ from engine.polymarket import answers
 from engine.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
 from engine.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
 from engine.polymarket.settings import PolymarketSettings
-from states import InvalidValue, MarketRules, PermitError, SellPermit, parse_count
+from states import InvalidValue, MarketRules, PermitError, SellPermit, parse_count, parse_seconds
 
 T = TypeVar("T")
 
@@ -61,14 +61,10 @@ class PolymarketExchange:
             raise InvalidValue("client", type(client).__name__, "must be a py_clob_client_v2 ClobClient")
         if client.signer is None:
             raise InvalidValue("client", "ClobClient without a key", "selling needs a signing key (L1)")
-        if isinstance(call_timeout, bool) or not isinstance(call_timeout, (int, float)) or not call_timeout > 0:
-            raise InvalidValue("call_timeout", call_timeout, "must be a positive number of seconds")
         parse_count(max_threads, "max_threads")
         self.client = client
-        self.call_timeout = float(call_timeout)
-        if isinstance(max_order_wait, bool) or not isinstance(max_order_wait, (int, float)) or max_order_wait < 0:
-            raise InvalidValue("max_order_wait", max_order_wait, "must be a number of seconds >= 0")
-        self.max_order_wait = float(max_order_wait)
+        self.call_timeout = parse_seconds(call_timeout, "call_timeout")
+        self.max_order_wait = parse_seconds(max_order_wait, "max_order_wait", allow_zero=True)
         self.clock: Clock = clock or SystemClock()
         self.limits = RateLimits(rate_limits, now=self.clock.monotonic, sleep=sleep or anyio.sleep)
         self._threads = anyio.CapacityLimiter(max_threads)
@@ -81,8 +77,6 @@ class PolymarketExchange:
         self._signed: dict[str, SignedSell] = {}
         """attempt id -> the order signed for it; kept so that a lost answer can be looked up by id."""
         self._creds_lock = anyio.Lock()
-        self.posts = 0
-        """Orders handed to the network (each at most once)."""
 
     @classmethod
     def from_settings(cls, settings: PolymarketSettings, **options: Any) -> PolymarketExchange:
@@ -159,7 +153,6 @@ class PolymarketExchange:
         except RateLimited as err:
             raise TransientError(f"order for {permit.token_id}: {err}; nothing sent") from None
         self._signed[permit.attempt_id] = signed
-        self.posts += 1
         try:
             with anyio.fail_after(self.call_timeout):
                 status, body = await anyio.to_thread.run_sync(self._post, signed, limiter=self._threads,
@@ -211,11 +204,6 @@ class PolymarketExchange:
         return trades
 
     # -- internals ---------------------------------------------------------------------------------
-
-    def order_id(self, attempt_id: str) -> str | None:
-        """The order id signed for an attempt (known before the post; None if nothing was signed)."""
-        signed = self._signed.get(attempt_id)
-        return None if signed is None else signed.order_id
 
     def _post(self, signed: SignedSell) -> tuple[int | None, object]:
         """One POST /order, in a worker thread. Returns (status, body); never raises for an HTTP answer."""

@@ -100,8 +100,8 @@ def _posted(body: dict[str, Any], signed: SignedSell) -> Fill | ExchangeError:
     answered = body.get("orderID") or body.get("orderId")
     if answered and answered != order:
         return UnknownOutcome(f"order {order}: the exchange answered for another order id {answered}", status=200)
-    shares = _micro(body.get("makingAmount"), "makingAmount")
-    proceeds = _micro(body.get("takingAmount"), "takingAmount")
+    shares = _micro(body.get("makingAmount"))
+    proceeds = _micro(body.get("takingAmount"))
     if shares is None or shares <= 0:
         # Matched without a usable amount: a FOK fills whole, so the permit's shares were sold.
         shares = signed.shares
@@ -111,17 +111,11 @@ def _posted(body: dict[str, Any], signed: SignedSell) -> Fill | ExchangeError:
     return Fill(shares=shares, avg_price=avg, order_id=order, trade_ids=() if settled else trade_ids)
 
 
-def _micro(value: object, field: str) -> int | None:
+def _micro(value: object) -> int | None:
     """A decimal amount in token units ("4.35") as integer micro-units; None when absent or unreadable."""
-    if value is None or value == "":
-        return None
-    try:
-        amount = Decimal(str(value)) * MICRO
-    except InvalidOperation:
-        return None
-    if not amount.is_finite() or amount != amount.to_integral_value():
-        return None
-    return int(amount)
+    amount = _decimal(value)
+    micro = None if amount is None else amount * MICRO
+    return None if micro is None or micro != micro.to_integral_value() else int(micro)
 
 
 def read_error(what: str, status: int | None, body: object) -> ExchangeError:
@@ -187,7 +181,7 @@ def lookup_from_trades(trades: object, signed: OrderRef) -> SellLookup:
         if isinstance(trades, list) else []
     if not ours:
         return SellLookup(LookupStatus.NOT_FOUND)
-    sold = min(signed.shares, sum(_micro(t.get("size"), "size") or 0 for t in ours)) or signed.shares
+    sold = min(signed.shares, sum(_micro(t.get("size")) or 0 for t in ours)) or signed.shares
     return SellLookup(LookupStatus.FILLED, _fill(signed, sold, ours, None))
 
 
@@ -220,7 +214,7 @@ def settlement(fill: Fill, trades: list[dict[str, Any]]) -> Settlement:
     by_id = {str(t.get("id")): t for t in trades}
     failed = [t for t in by_id.values() if str(t.get("status", "")).upper() == FAILED_TRADE_STATUS]
     if failed:
-        returned = sum(_micro(t.get("size"), "size") or 0 for t in failed)
+        returned = sum(_micro(t.get("size")) or 0 for t in failed)
         return Settlement(SettlementStatus.FAILED, returned_shares=min(returned, fill.shares) or fill.shares)
     if all(str(by_id.get(t, {}).get("status", "")).upper() in SETTLED_TRADE_STATUSES for t in fill.trade_ids):
         return Settlement(SettlementStatus.SETTLED)

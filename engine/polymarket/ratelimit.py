@@ -12,7 +12,7 @@ from enum import StrEnum
 
 import anyio
 
-from states import InvalidValue
+from states import InvalidValue, parse_count, parse_seconds
 
 
 class Family(StrEnum):
@@ -38,11 +38,8 @@ class Limit:
     per_seconds: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.requests, bool) or not isinstance(self.requests, int) or self.requests < 1:
-            raise InvalidValue("requests", self.requests, "must be a positive integer")
-        if isinstance(self.per_seconds, bool) or not isinstance(self.per_seconds, (int, float)) \
-                or not self.per_seconds > 0:
-            raise InvalidValue("per_seconds", self.per_seconds, "must be a positive number of seconds")
+        parse_count(self.requests, "requests")
+        parse_seconds(self.per_seconds, "per_seconds")
 
     def scaled(self, factor: float) -> Limit:
         """The same window with `factor` times the requests (benchmarks shorten runs this way)."""
