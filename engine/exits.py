@@ -164,8 +164,13 @@ class ExitEngine:
         if self.settlement_poll_interval is not None:
             self._background.start_soon(self._poll_settlements, self.settlement_poll_interval)
         if self.journal is not None:
-            # Whatever was in flight when the last engine died is settled before any new exit can start.
-            self.recovery = await recover(self, restored)
+            try:
+                # Whatever was in flight when the last engine died is settled before any new exit can start.
+                self.recovery = await recover(self, restored)
+            except BaseException:
+                # A start that fails leaves nothing running: no background tasks, no journal lock.
+                await self.__aexit__(None, None, None)
+                raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -495,12 +500,14 @@ class ExitEngine:
             self._order_ids.pop(record.key, None)
 
     def _restore(self) -> list[PositionRecord]:
-        """Load the journal's positions; a position tracked before entering must match its journaled self."""
+        """Load the journal's positions; a position tracked before entering must match its journaled self.
+        Nothing in memory changes unless every row loads and matches."""
         assert self.journal is not None
-        restored = []
+        records: dict[str, PositionRecord] = {}
+        live: dict[str, str] = {}
+        order_ids: dict[str, str] = {}
+        unsettled: dict[str, Fill] = {}
         pending = dict(self._records)
-        self._records.clear()
-        self._live_by_token.clear()
         for row in self.journal.positions():
             record = row.record()
             early = pending.pop(record.key, None)
@@ -508,14 +515,17 @@ class ExitEngine:
                 raise PositionConflict(f"position key={record.key!r}: tracked as {early.token_id!r} x "
                                        f"{micro_to_shares(early.expected)} but journaled as {record.token_id!r} x "
                                        f"{micro_to_shares(record.expected)}")
-            self._records[record.key] = record
+            records[record.key] = record
             if row.order_id is not None:
-                self._order_ids[record.key] = row.order_id
+                order_ids[record.key] = row.order_id
             if row.unsettled is not None:
-                self._unsettled[record.key] = row.unsettled
+                unsettled[record.key] = row.unsettled
             if record.state not in FINAL_STATES:
-                self._live_by_token[record.token_id] = record.key
-            restored.append(record)
+                live[record.token_id] = record.key
+        restored = list(records.values())
+        self._records, self._live_by_token = records, live
+        self._order_ids.update(order_ids)
+        self._unsettled.update(unsettled)
         for record in pending.values():
             self.track(Position(key=record.key, token_id=record.token_id, shares=micro_to_shares(record.expected),
                                 last_buy_at=record.last_buy_at))

@@ -382,3 +382,32 @@ async def test_a_read_only_journal_is_refused_at_start_and_left_untouched(
         for step in undo:
             step()
         shutil.rmtree(folder)
+
+
+async def test_a_refused_start_leaves_the_positions_tracked_before_it(exchange: PaperExchange, clock: ManualClock,
+                                                                      path: Path) -> None:
+    async with engine_on(exchange, path, clock) as engine:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+    other = engine_on(exchange, path, clock)
+    other.track(Position(key="p1", token_id="tok", shares=Decimal("3")))
+    other.track(Position(key="p2", token_id="t2", shares=Decimal("4")))
+    with pytest.raises(PositionConflict):
+        async with other:
+            pass
+    assert other.states() == {"p1": "OPEN", "p2": "OPEN"}
+    assert other.journal is None
+
+
+async def test_a_recovery_that_fails_releases_the_journal(exchange: PaperExchange, clock: ManualClock,
+                                                          path: Path) -> None:
+    crashed_in(path, State.SELLING, order_id="paper-9")
+
+    class Broken(PaperExchange):
+        async def lookup_sell(self, permit, order_id=None):  # type: ignore[no-untyped-def]
+            raise RuntimeError("adapter bug")
+
+    with pytest.raises(RuntimeError, match="adapter bug"):
+        async with engine_on(Broken(clock=clock), path, clock):
+            pass
+    async with engine_on(exchange, path, clock) as engine:  # the lock was released
+        assert engine.state("p1") == "OPEN"
