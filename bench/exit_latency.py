@@ -16,7 +16,6 @@ second before the exit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,14 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakeclob import FakeClob  # noqa: E402
 from loguru import logger  # noqa: E402
-from py_clob_client_v2.client import ClobClient  # noqa: E402
 from py_clob_client_v2.clob_types import AssetType, BalanceAllowanceParams, OrderArgsV2, OrderType  # noqa: E402
-from py_clob_client_v2.endpoints import POST_ORDER  # noqa: E402
-from py_clob_client_v2.http_helpers import helpers as http  # noqa: E402
-from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2  # noqa: E402
 
 from engine import ExitEngine, ExitOutcome, Position  # noqa: E402
 from engine.polymarket import PolymarketExchange  # noqa: E402
+from engine.polymarket.adapter import post_fok  # noqa: E402
 
 LIMIT = 1.10
 """p99 of an exit over p99 of the floor (issue 3)."""
@@ -79,14 +75,6 @@ def requests_for(clob: FakeClob, token: str, since: int) -> int:
     return count
 
 
-def post_without_polling(client: ClobClient, order: object) -> dict:
-    """POST /order exactly as `post_order` sends it, minus its wait for settlement hashes."""
-    payload = order_to_json_v2(order, client.creds.api_key, OrderType.FOK, False, False)
-    serialized = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    headers = client._l2_headers("POST", POST_ORDER, body=payload, serialized_body=serialized)
-    return http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized)
-
-
 def floor(run: Run, samples: int) -> tuple[list[float], float]:
     client = run.clob.client()
     token = run.fresh_token()
@@ -100,7 +88,7 @@ def floor(run: Run, samples: int) -> tuple[list[float], float]:
         order = client.create_order(args)
         started = time.perf_counter()
         client.get_balance_allowance(params)
-        answer = post_without_polling(client, order)
+        answer = post_fok(client, order)
         times.append(time.perf_counter() - started)
         assert answer.get("status") == "matched", answer
     return times, (len(run.clob.requests) - before) / samples

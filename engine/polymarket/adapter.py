@@ -207,13 +207,8 @@ class PolymarketExchange:
 
     def _post(self, signed: SignedSell) -> tuple[int | None, object]:
         """One POST /order, in a worker thread. Returns (status, body); never raises for an HTTP answer."""
-        client = self.client
-        payload = order_to_json_v2(signed.order, client.creds.api_key, OrderType.FOK, False, False)
-        serialized = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        headers = client._l2_headers("POST", POST_ORDER, body=payload, serialized_body=serialized)
         try:
-            return 200, http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized,
-                                  retry_on_error=False)
+            return 200, post_fok(self.client, signed.order)
         except PolyApiException as err:
             return err.status_code, err.error_msg
 
@@ -265,6 +260,15 @@ class PolymarketExchange:
             raise answers.read_error(what, err.status_code, err.error_msg) from None
         except PolyException as err:
             raise TransientError(f"{what}: {err.msg}") from None
+
+
+def post_fok(client: ClobClient, order: Any) -> object:
+    """POST /order of a signed order as FOK, once: the bytes `post_order` sends, without its settlement
+    polling and without a retry. Raises PolyApiException for a non-200 answer or a transport error."""
+    payload = order_to_json_v2(order, client.creds.api_key, OrderType.FOK, False, False)
+    serialized = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    headers = client._l2_headers("POST", POST_ORDER, body=payload, serialized_body=serialized)
+    return http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized, retry_on_error=False)
 
 
 def _short(body: object, limit: int = 200) -> str:
