@@ -28,8 +28,8 @@ from loguru import logger
 from py_clob_client_v2.client import ClobClient
 from py_clob_client_v2.clob_types import ApiCreds
 
-from engine import ExitEngine, ExitOutcome, Position
-from engine.polymarket import DOCUMENTED_LIMITS, Family, PolymarketExchange
+from exitguard import ExitEngine, ExitOutcome, Position
+from exitguard.polymarket import DOCUMENTED_LIMITS, Family, PolymarketExchange
 
 LIMIT = 1.05
 TESTS = Path(__file__).resolve().parents[1] / "tests"

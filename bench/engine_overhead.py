@@ -16,9 +16,9 @@ from decimal import Decimal
 import anyio
 from loguru import logger
 
-from engine import ExitEngine, Position
-from engine.paper import PaperExchange
-from states import SellPermit, parse_raw_balance
+from exitguard import ExitEngine, Position
+from exitguard.exchange.paper import PaperExchange
+from exitguard.states import SellPermit, parse_raw_balance
 
 LIMIT_US = 300.0
 PRICE = Decimal("0.55")

@@ -31,9 +31,9 @@ from fakeclob import FakeClob  # noqa: E402
 from loguru import logger  # noqa: E402
 from py_clob_client_v2.clob_types import AssetType, BalanceAllowanceParams, OrderArgsV2, OrderType  # noqa: E402
 
-from engine import ExitEngine, ExitOutcome, Position  # noqa: E402
-from engine.polymarket import PolymarketExchange  # noqa: E402
-from engine.polymarket.adapter import post_fok  # noqa: E402
+from exitguard import ExitEngine, ExitOutcome, Position  # noqa: E402
+from exitguard.exchange.polymarket.adapter import post_fok  # noqa: E402
+from exitguard.polymarket import PolymarketExchange  # noqa: E402
 
 LIMIT = 1.10
 """p99 of an exit over p99 of the floor (issue 3)."""

@@ -34,13 +34,13 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from engine_overhead import LIMIT_US, PRICE, market, naive_exits
+from exitguard_overhead import LIMIT_US, PRICE, market, naive_exits
 from loguru import logger
 
-from engine import ExitEngine, Position
-from engine.journal import Journal
-from engine.paper import PaperExchange, PaperSell, SellStatus
-from states import MarketRules, PositionRecord, State, assess_balance, fire, take_permit
+from exitguard import ExitEngine, Position
+from exitguard.exchange.paper import PaperExchange, PaperSell, SellStatus
+from exitguard.journal import Journal
+from exitguard.states import MarketRules, PositionRecord, State, assess_balance, fire, take_permit
 
 SHARES = 10_000_000  # 10 shares in micro-shares
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import anyio
 from loguru import logger
 
-from engine import ExitEngine, Position
-from engine.paper import PaperExchange
-from engine.progress import ProgressLine
-from engine.scenario import _StateTally, parse_scenario, run_scenario
+from exitguard import ExitEngine, Position
+from exitguard.cli.progress import ProgressLine
+from exitguard.cli.scenario import _StateTally, parse_scenario, run_scenario
+from exitguard.exchange.paper import PaperExchange
 
 LIMIT_PERCENT = 2.0
 

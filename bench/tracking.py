@@ -21,9 +21,9 @@ import anyio
 from loguru import logger
 from transitions import Machine
 
-from engine import ExitEngine, Position
-from engine.paper import PaperExchange
-from states import MICRO, PositionRecord, State, fire
+from exitguard import ExitEngine, Position
+from exitguard.exchange.paper import PaperExchange
+from exitguard.states import MICRO, PositionRecord, State, fire
 
 LIMIT_SECONDS = 1.0
 LIMIT_BYTES = 2048

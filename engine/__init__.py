@@ -1,12 +1,12 @@
 """exitguard's runtime: the exit engine, the exchange port and its adapters, divergence and metrics."""
 
-from engine.clock import Clock, ManualClock, SystemClock
-from engine.divergence import DivergenceAlert, DivergenceDetector, DivergenceEvent, DivergenceKind
-from engine.errors import (
+from exitguard.clock import Clock, ManualClock, SystemClock
+from exitguard.errors import (
     EngineClosed,
     ExchangeError,
     ExitRefused,
     InsufficientBalance,
+    JournalError,
     NotFilled,
     OrderKilled,
     OrderRejected,
@@ -15,12 +15,14 @@ from engine.errors import (
     UnknownOutcome,
     UnknownPosition,
 )
-from engine.exchange import Exchange, Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
-from engine.exits import ExitEngine
-from engine.logs import configure_logging
-from engine.position import ExitOutcome, ExitResult, Position
-from engine.retry import RetryPolicy
-from states import InvalidValue, MarketRules, SellPermit, TransitionRefused
+from exitguard.exchange.paper import PaperExchange
+from exitguard.exchange.port import Exchange, Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from exitguard.exits import ExitEngine
+from exitguard.position import ExitOutcome, ExitResult, Position
+from exitguard.retry import RetryPolicy
+from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit, TransitionRefused
+from exitguard.telemetry.divergence import DivergenceAlert, DivergenceDetector, DivergenceEvent, DivergenceKind
+from exitguard.telemetry.logs import configure_logging
 
 __version__ = "0.1.0"
 
@@ -40,12 +42,15 @@ __all__ = [
     "Fill",
     "InsufficientBalance",
     "InvalidValue",
+    "JournalError",
     "LookupStatus",
     "ManualClock",
     "MarketRules",
     "NotFilled",
     "OrderKilled",
     "OrderRejected",
+    "PaperExchange",
+    "PermitError",
     "Position",
     "PositionConflict",
     "RetryPolicy",

@@ -7,7 +7,7 @@ definitely not filled (the position may be retried after a fresh verification), 
 
 from __future__ import annotations
 
-from states.errors import InvalidValue, PermitError, TransitionRefused
+from exitguard.states.errors import InvalidValue, PermitError, TransitionRefused
 
 __all__ = [
     "EngineClosed",

@@ -22,9 +22,8 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.clock import Clock, SystemClock
-from engine.divergence import DivergenceDetector, DivergenceEvent, DivergenceKind
-from engine.errors import (
+from exitguard.clock import Clock, SystemClock
+from exitguard.errors import (
     EngineClosed,
     ExchangeError,
     ExitRefused,
@@ -34,14 +33,12 @@ from engine.errors import (
     PositionConflict,
     UnknownPosition,
 )
-from engine.exchange import Exchange, Fill, LookupStatus, SettlementStatus
-from engine.journal import Journal
-from engine.logs import emit, enabled
-from engine.metrics import EngineMetrics
-from engine.position import ExitOutcome, ExitResult, Position
-from engine.recovery import RecoverySummary, recover
-from engine.retry import RetryPolicy
-from states import (
+from exitguard.exchange.port import Exchange, Fill, LookupStatus, SettlementStatus
+from exitguard.journal import Journal
+from exitguard.position import ExitOutcome, ExitResult, Position
+from exitguard.recovery import RecoverySummary, recover
+from exitguard.retry import RetryPolicy
+from exitguard.states import (
     DEFAULT_PERMIT_MAX_AGE,
     FINAL_STATES,
     IN_FLIGHT_STATES,
@@ -62,6 +59,9 @@ from states import (
     permit_is_fresh,
     take_permit,
 )
+from exitguard.telemetry.divergence import DivergenceDetector, DivergenceEvent, DivergenceKind
+from exitguard.telemetry.logs import emit, enabled
+from exitguard.telemetry.metrics import EngineMetrics
 
 DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
 WARM_UP_WORKERS = 8

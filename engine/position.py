@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from states import InvalidValue, micro_to_shares, shares_to_micro
+from exitguard.states import InvalidValue, micro_to_shares, shares_to_micro
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.divergence import DivergenceKind
-from engine.logs import emit
-from engine.position import ExitOutcome, ExitResult
-from states import PositionRecord, State
+from exitguard.position import ExitOutcome, ExitResult
+from exitguard.states import PositionRecord, State
+from exitguard.telemetry.divergence import DivergenceKind
+from exitguard.telemetry.logs import emit
 
 if TYPE_CHECKING:
-    from engine.exits import ExitEngine
+    from exitguard.exits import ExitEngine
 
 
 @dataclass(frozen=True, slots=True)

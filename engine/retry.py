@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from states import InvalidValue, parse_count, stepped_down_price
-from states.quantities import shares_to_micro
+from exitguard.states import InvalidValue, parse_count, stepped_down_price
+from exitguard.states.quantities import shares_to_micro
 
 
 @dataclass(frozen=True, slots=True)

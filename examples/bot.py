@@ -32,7 +32,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from engine import (
+from exitguard import (
     ExitEngine,
     ExitOutcome,
     ExitRefused,
@@ -42,7 +42,7 @@ from engine import (
     UnknownPosition,
     configure_logging,
 )
-from engine.paper import PaperExchange, SellStatus
+from exitguard.exchange.paper import PaperExchange, SellStatus
 
 FINISHED = {ExitOutcome.CLOSED, ExitOutcome.ALREADY_EXITED, ExitOutcome.DUST}
 """Outcomes after which the position is over: nothing is left to exit."""

@@ -9,8 +9,7 @@ from decimal import Decimal
 
 import anyio
 
-from engine import ExitEngine, ExitOutcome, Position, RetryPolicy, configure_logging
-from engine.paper import PaperExchange
+from exitguard import ExitEngine, ExitOutcome, PaperExchange, Position, RetryPolicy, configure_logging
 
 
 async def main() -> dict[str, str]:

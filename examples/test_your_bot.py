@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from engine import ExitOutcome, Position
+from exitguard import ExitOutcome, Position
 
 pytestmark = pytest.mark.anyio  # exit_engine is an async fixture: anyio's pytest plugin runs it
 

@@ -1,11 +1,11 @@
 """The position state machine: pure decisions, no I/O, no clock, no logging."""
 
-from states.balance import BalanceKind, BalanceVerdict, assess_balance
-from states.errors import InvalidValue, PermitError, TransitionRefused
-from states.machine import MACHINE, allowed_triggers, fire
-from states.market import MarketRules, stepped_down_price
-from states.permit import DEFAULT_PERMIT_MAX_AGE, SellPermit, permit_is_fresh, take_permit
-from states.quantities import (
+from exitguard.states.balance import BalanceKind, BalanceVerdict, assess_balance
+from exitguard.states.errors import InvalidValue, PermitError, TransitionRefused
+from exitguard.states.machine import MACHINE, allowed_triggers, fire
+from exitguard.states.market import MarketRules, stepped_down_price
+from exitguard.states.permit import DEFAULT_PERMIT_MAX_AGE, SellPermit, permit_is_fresh, take_permit
+from exitguard.states.quantities import (
     MICRO,
     micro_to_shares,
     parse_count,
@@ -14,8 +14,8 @@ from states.quantities import (
     parse_seconds,
     shares_to_micro,
 )
-from states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionRecord, State
-from states.table import TABLE, TRIGGERS, Edge
+from exitguard.states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionRecord, State
+from exitguard.states.table import TABLE, TRIGGERS, Edge
 
 __all__ = [
     "BalanceKind",

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from states.market import MarketRules
-from states.quantities import round_down_to_step
+from exitguard.states.market import MarketRules
+from exitguard.states.quantities import round_down_to_step
 
 
 class BalanceKind(StrEnum):

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 from transitions import Machine
 
-from states.machine import MACHINE
-from states.record import FINAL_STATES
+from exitguard.states.machine import MACHINE
+from exitguard.states.record import FINAL_STATES
 
 
 def _edges(machine: Machine) -> Iterator[tuple[str, str, str]]:

@@ -6,9 +6,9 @@ from typing import cast
 
 from transitions import EventData
 
-from states.errors import InvalidValue
-from states.permit import SellPermit
-from states.record import record_of
+from exitguard.states.errors import InvalidValue
+from exitguard.states.permit import SellPermit
+from exitguard.states.record import record_of
 
 
 def begin_attempt(event: EventData) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from transitions import EventData
 
-from states.balance import BalanceKind, BalanceVerdict
-from states.record import record_of
+from exitguard.states.balance import BalanceKind, BalanceVerdict
+from exitguard.states.record import record_of
 
 
 def _verdict(event: EventData) -> BalanceVerdict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from transitions import Machine, MachineError
 
-from states.errors import InvalidValue, TransitionRefused
-from states.record import PositionRecord, State
-from states.table import ON_EXIT, PAYLOAD, TABLE
+from exitguard.states.errors import InvalidValue, TransitionRefused
+from exitguard.states.record import PositionRecord, State
+from exitguard.states.table import ON_EXIT, PAYLOAD, TABLE
 
 
 def build_machine() -> Machine:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from states.errors import InvalidValue
-from states.quantities import MICRO, parse_price, shares_to_micro
+from exitguard.states.errors import InvalidValue
+from exitguard.states.quantities import MICRO, parse_price, shares_to_micro
 
 POLYMARKET_SIZE_STEP = Decimal("0.01")
 """Order sizes round down to 0.01 share on Polymarket."""

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from states.errors import PermitError
-from states.quantities import micro_to_shares
+from exitguard.states.errors import PermitError
+from exitguard.states.quantities import micro_to_shares
 
 if TYPE_CHECKING:
-    from states.record import PositionRecord
+    from exitguard.states.record import PositionRecord
 
 DEFAULT_PERMIT_MAX_AGE = 2.0
 """Seconds. An older verification may no longer describe the balance (another process, a settlement)."""

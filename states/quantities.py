@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from states.errors import InvalidValue
+from exitguard.states.errors import InvalidValue
 
 MICRO = 1_000_000
 """Raw units per share on Polymarket's conditional tokens."""

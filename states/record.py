@@ -13,7 +13,7 @@ from typing import cast
 
 from transitions import EventData
 
-from states.permit import SellPermit
+from exitguard.states.permit import SellPermit
 
 
 class State(StrEnum):

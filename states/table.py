@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from transitions import EventData
 
-from states import effects
-from states.guards import (
+from exitguard.states import effects
+from exitguard.states.guards import (
     balance_is_dust,
     balance_is_sellable,
     balance_is_zero_and_settled,
@@ -20,7 +20,7 @@ from states.guards import (
     outcome_is_unresolved,
     sell_answer_pending,
 )
-from states.record import State
+from exitguard.states.record import State
 
 Callback = Callable[[EventData], bool | None]
 

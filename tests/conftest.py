@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from engine import ManualClock
-from engine.paper import PaperExchange
+from exitguard import ManualClock
+from exitguard.exchange.paper import PaperExchange
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from engine import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position
-from engine.paper import PaperExchange, SellStatus
+from exitguard import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position
+from exitguard.exchange.paper import PaperExchange, SellStatus
 
 pytestmark = pytest.mark.anyio
 

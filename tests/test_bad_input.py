@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from engine import (
+from exitguard import (
     EngineClosed,
     ExitEngine,
     ExitOutcome,
@@ -19,8 +19,8 @@ from engine import (
     RetryPolicy,
     UnknownPosition,
 )
-from engine.paper import PaperExchange
-from states import InvalidValue
+from exitguard.exchange.paper import PaperExchange
+from exitguard.states import InvalidValue
 
 PRICE = Decimal("0.55")
 

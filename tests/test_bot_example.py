@@ -22,9 +22,9 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import ExitOutcome
-from engine.paper import PaperExchange, SellStatus
-from engine.testing import FrozenClock, attempt_ids
+from exitguard import ExitOutcome
+from exitguard.exchange.paper import PaperExchange, SellStatus
+from exitguard.pytest_plugin import FrozenClock, attempt_ids
 
 BOT_PATH = Path(__file__).resolve().parent.parent / "examples" / "bot.py"
 

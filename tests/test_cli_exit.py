@@ -10,14 +10,14 @@ from decimal import Decimal
 import pytest
 from fakeclob import FakeClob
 
-from engine import oneoff
+from exitguard.cli import exit as exit_command
 
 TOKEN = "71321045679252212594626385532706912750332728571942532289631379312455583992563"
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    oneoff.add_parser(parser.add_subparsers(dest="command"))
+    exit_command.add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(["exit", *argv])
 
 
@@ -31,7 +31,7 @@ def run(*argv: str, environ: dict[str, str] | None = None, answer: str | None = 
             raise EOFError
         return answer
 
-    code = oneoff.run(parse(*argv, "--log-level", "CRITICAL"), out=out, err=err, environ=environ or {}, ask=ask)
+    code = exit_command.run(parse(*argv, "--log-level", "CRITICAL"), out=out, err=err, environ=environ or {}, ask=ask)
     return code, out.getvalue(), err.getvalue() + "".join(asked)
 
 

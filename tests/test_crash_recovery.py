@@ -31,8 +31,8 @@ from crashkit import (
 )
 from fakeclob import FakeClob
 
-from engine.errors import JournalError
-from engine.journal import Journal
+from exitguard.errors import JournalError
+from exitguard.journal import Journal
 
 HELD = Decimal("10")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.cli import main
-from states.diagram import DIAGRAMS, to_mermaid
-from states.table import TABLE
+from exitguard.cli.main import main
+from exitguard.states.diagram import DIAGRAMS, to_mermaid
+from exitguard.states.table import TABLE
 
 DIAGRAM_DIR = Path(__file__).resolve().parent.parent / "diagrams"
 

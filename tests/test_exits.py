@@ -10,7 +10,7 @@ import anyio
 import pytest
 from freezegun import freeze_time
 
-from engine import (
+from exitguard import (
     DivergenceKind,
     ExitEngine,
     ExitOutcome,
@@ -21,8 +21,8 @@ from engine import (
     TransientError,
     UnknownOutcome,
 )
-from engine.paper import PaperExchange, SellStatus
-from states import SellPermit
+from exitguard.exchange.paper import PaperExchange, SellStatus
+from exitguard.states import SellPermit
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import (
+from exitguard import (
     DivergenceKind,
     ExitEngine,
     ExitOutcome,
@@ -26,11 +26,11 @@ from engine import (
     Settlement,
     SettlementStatus,
 )
-from engine.errors import JournalError, TransientError
-from engine.journal import SCHEMA_VERSION, Journal
-from engine.journal import schema as journal_schema
-from engine.paper import PaperExchange
-from states import MICRO, MarketRules, PositionRecord, SellPermit, State, assess_balance, fire, take_permit
+from exitguard.errors import JournalError, TransientError
+from exitguard.exchange.paper import PaperExchange
+from exitguard.journal import SCHEMA_VERSION, Journal
+from exitguard.journal import schema as journal_schema
+from exitguard.states import MICRO, MarketRules, PositionRecord, SellPermit, State, assess_balance, fire, take_permit
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PRICE = Decimal("0.55")
@@ -291,7 +291,7 @@ async def test_an_older_schema_is_migrated_in_place(exchange: PaperExchange, clo
     monkeypatch.setattr(journal_schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setitem(journal_schema.MIGRATIONS, SCHEMA_VERSION + 1,
                         ["ALTER TABLE positions ADD COLUMN note TEXT"])
-    import engine.journal.store as store
+    import exitguard.journal.store as store
     monkeypatch.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     async with engine_on(exchange, path, clock) as engine:
         assert engine.states() == {"p1": "OPEN"}

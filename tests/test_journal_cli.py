@@ -14,12 +14,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine import ExitEngine, ManualClock, Position
-from engine.cli import main
-from engine.journal import Journal
-from engine.journal_cli import add_parsers, run
-from engine.paper import PaperExchange
-from states import SellPermit
+from exitguard import ExitEngine, ManualClock, Position
+from exitguard.cli.journal import add_parsers, run
+from exitguard.cli.main import main
+from exitguard.exchange.paper import PaperExchange
+from exitguard.journal import Journal
+from exitguard.states import SellPermit
 
 PRICE = Decimal("0.55")
 

@@ -18,7 +18,7 @@ import anyio
 import pytest
 from loguru import logger
 
-from engine import (
+from exitguard import (
     DivergenceDetector,
     ExitEngine,
     Fill,
@@ -28,11 +28,11 @@ from engine import (
     SettlementStatus,
     TransientError,
 )
-from engine.logs import EVENTS
-from engine.paper import PaperExchange
-from engine.position import Position
-from engine.scenario import bundled_demo, parse_scenario, run_scenario
-from engine.testing import FrozenClock
+from exitguard.cli.scenario import bundled_demo, parse_scenario, run_scenario
+from exitguard.exchange.paper import PaperExchange
+from exitguard.position import Position
+from exitguard.pytest_plugin import FrozenClock
+from exitguard.telemetry.logs import EVENTS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "log-events.md"
 

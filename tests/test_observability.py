@@ -9,7 +9,7 @@ from decimal import Decimal
 import anyio
 import pytest
 
-from engine import (
+from exitguard import (
     DivergenceDetector,
     DivergenceEvent,
     DivergenceKind,
@@ -18,9 +18,9 @@ from engine import (
     Position,
     RetryPolicy,
 )
-from engine.logs import EVENTS, configure_logging, emit
-from engine.metrics import LatencyRecorder
-from engine.paper import PaperExchange
+from exitguard.exchange.paper import PaperExchange
+from exitguard.telemetry.logs import EVENTS, configure_logging, emit
+from exitguard.telemetry.metrics import LatencyRecorder
 
 P = Decimal("0.55")
 

@@ -12,9 +12,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-import engine.paper
-from engine import ManualClock
-from engine.errors import (
+import exitguard.exchange.paper
+from exitguard import ManualClock
+from exitguard.errors import (
     ExchangeError,
     InsufficientBalance,
     OrderKilled,
@@ -22,8 +22,7 @@ from engine.errors import (
     TransientError,
     UnknownOutcome,
 )
-from engine.exchange import Fill, LookupStatus
-from engine.paper import (
+from exitguard.exchange.paper import (
     KILLED_MESSAGE,
     NO_BALANCE_MESSAGE,
     OPERATIONS,
@@ -31,7 +30,8 @@ from engine.paper import (
     PaperExchange,
     SellStatus,
 )
-from states import MICRO, InvalidValue, MarketRules, PermitError, SellPermit, shares_to_micro
+from exitguard.exchange.port import Fill, LookupStatus
+from exitguard.states import MICRO, InvalidValue, MarketRules, PermitError, SellPermit, shares_to_micro
 
 TOKEN = "tok"
 
@@ -651,7 +651,7 @@ def recorded_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         sleeps.append(seconds)
         await checkpoint()
 
-    monkeypatch.setattr(engine.paper.anyio, "sleep", fake_sleep)
+    monkeypatch.setattr(exitguard.exchange.paper.anyio, "sleep", fake_sleep)
     return sleeps
 
 
@@ -677,7 +677,7 @@ async def test_latency_splits_around_the_moment_the_exchange_acts(
         seen.append((seconds, paper.balance(TOKEN)))
         await checkpoint()
 
-    monkeypatch.setattr(engine.paper.anyio, "sleep", fake_sleep)
+    monkeypatch.setattr(exitguard.exchange.paper.anyio, "sleep", fake_sleep)
     paper.latency = 0.2
 
     await paper.sell(make_permit("10", verified="20"), Decimal("0.60"))
@@ -708,7 +708,7 @@ async def test_zero_latency_still_yields_via_a_checkpoint_on_every_call(
         checkpoints.append(operation)
         await real_checkpoint()
 
-    monkeypatch.setattr(engine.paper.anyio.lowlevel, "checkpoint", counting_checkpoint)
+    monkeypatch.setattr(exitguard.exchange.paper.anyio.lowlevel, "checkpoint", counting_checkpoint)
     assert paper.latency == 0
 
     await call_operation(paper, operation)

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from engine import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position, SettlementStatus
-from engine.errors import TransientError
-from engine.paper import PaperExchange
+from exitguard import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position, SettlementStatus
+from exitguard.errors import TransientError
+from exitguard.exchange.paper import PaperExchange
 
 pytestmark = pytest.mark.anyio
 PRICE = Decimal("0.55")

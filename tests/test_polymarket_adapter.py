@@ -11,9 +11,9 @@ import anyio
 import pytest
 from fakeclob import FakeClob
 
-from engine import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position, SettlementStatus
-from engine.polymarket import PolymarketExchange
-from engine.polymarket.ratelimit import DOCUMENTED_LIMITS, Family, Limit, RateLimits
+from exitguard import DivergenceKind, ExitEngine, ExitOutcome, ManualClock, Position, SettlementStatus
+from exitguard.exchange.polymarket.ratelimit import DOCUMENTED_LIMITS, Family, Limit, RateLimits
+from exitguard.polymarket import PolymarketExchange
 
 TOKEN = "71321045679252212594626385532706912750332728571942532289631379312455583992563"
 OTHER = "52114319501245915516055106046884209969926127482827954674443846427813813222426"

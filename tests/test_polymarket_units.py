@@ -10,19 +10,20 @@ from py_clob_client_v2.clob_types import CreateOrderOptions, OrderArgsV2
 from py_clob_client_v2.order_builder.builder import OrderBuilder
 from py_clob_client_v2.signer import Signer
 
-from engine import ManualClock
-from engine.errors import (
+from exitguard import ManualClock
+from exitguard.errors import (
     InsufficientBalance,
     OrderKilled,
     OrderRejected,
     TransientError,
     UnknownOutcome,
 )
-from engine.exchange import Fill, SettlementStatus
-from engine.polymarket import PolymarketSettings, answers
-from engine.polymarket.orders import ExactAmountsBuilder, sign_sell
-from engine.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits, TokenBucket
-from states import InvalidValue, MarketRules, PermitError, SellPermit
+from exitguard.exchange.polymarket import answers
+from exitguard.exchange.polymarket.orders import ExactAmountsBuilder, sign_sell
+from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits, TokenBucket
+from exitguard.exchange.port import Fill, SettlementStatus
+from exitguard.polymarket import PolymarketSettings
+from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit
 
 KEY = "0x" + "4c" * 32
 SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
@@ -105,7 +106,7 @@ def test_signed_order_sells_exactly_the_permits_shares(builder: ExactAmountsBuil
 
 def test_order_ids_differ_between_neg_risk_and_plain_contracts(builder: ExactAmountsBuilder) -> None:
     signed = sign_sell(builder, permit(), Decimal("0.55"), MarketRules(), neg_risk=False, chain_id=137)
-    from engine.polymarket.orders import order_hash
+    from exitguard.exchange.polymarket.orders import order_hash
     assert order_hash(signed.order, builder, neg_risk=False, chain_id=137) == signed.order_id
     assert order_hash(signed.order, builder, neg_risk=True, chain_id=137) != signed.order_id
 

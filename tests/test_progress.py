@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from engine import ExitEngine
-from engine.cli import _run, main
-from engine.progress import CLEAR_TO_END, ProgressLine
-from engine.scenario import bundled_demo, parse_scenario, run_scenario
+from exitguard import ExitEngine
+from exitguard.cli.main import main
+from exitguard.cli.progress import CLEAR_TO_END, ProgressLine
+from exitguard.cli.run import run_demo
+from exitguard.cli.scenario import bundled_demo, parse_scenario, run_scenario
 
 SOURCE = "scenario.jsonl"
 
@@ -287,10 +288,10 @@ def test_cli_run_draws_progress_on_a_terminal_stderr_and_leaves_stdout_as_it_was
     path = tmp_path / SOURCE
     path.write_text(SCENARIO, encoding="utf-8")
     plain_out = io.StringIO()
-    assert _run(path, json_logs=False, log_level="CRITICAL", out=plain_out, err=io.StringIO()) == 0
+    assert run_demo(path, json_logs=False, log_level="CRITICAL", out=plain_out, err=io.StringIO()) == 0
     out, err = io.StringIO(), Terminal()
 
-    code = _run(path, json_logs=False, log_level="CRITICAL", out=out, err=err, clock=SteppingClock(tick=0.1))
+    code = run_demo(path, json_logs=False, log_level="CRITICAL", out=out, err=err, clock=SteppingClock(tick=0.1))
 
     assert code == 0
     assert without_timings(out.getvalue()) == without_timings(plain_out.getvalue())
@@ -305,7 +306,7 @@ def test_cli_run_prints_nothing_extra_when_stderr_is_not_a_terminal(cli_logging:
     path.write_text(SCENARIO, encoding="utf-8")
     out, err = io.StringIO(), io.StringIO()
 
-    assert _run(path, json_logs=False, log_level="CRITICAL", out=out, err=err, clock=SteppingClock(tick=0.1)) == 0
+    assert run_demo(path, json_logs=False, log_level="CRITICAL", out=out, err=err, clock=SteppingClock(tick=0.1)) == 0
 
     assert err.getvalue() == ""
     assert "progress:" not in out.getvalue()
@@ -317,7 +318,7 @@ def test_cli_run_no_progress_keeps_a_terminal_quiet(cli_logging: None, tmp_path:
     path.write_text(SCENARIO, encoding="utf-8")
     err = Terminal()
 
-    assert _run(path, json_logs=False, log_level="CRITICAL", out=io.StringIO(), err=err, progress=False,
+    assert run_demo(path, json_logs=False, log_level="CRITICAL", out=io.StringIO(), err=err, progress=False,
                 clock=SteppingClock(tick=0.1)) == 0
 
     assert err.getvalue() == ""
@@ -329,7 +330,7 @@ def test_cli_run_table_rows_pass_above_the_line_on_a_shared_terminal(cli_logging
     shared: list[str] = []
     out, err = Terminal(shared), Terminal(shared)
 
-    assert _run(path, json_logs=False, log_level="CRITICAL", out=out, err=err, clock=SteppingClock(tick=0.1)) == 0
+    assert run_demo(path, json_logs=False, log_level="CRITICAL", out=out, err=err, clock=SteppingClock(tick=0.1)) == 0
 
     assert "progress:" in err.getvalue()
     # What the person at the terminal sees is the table and summary alone: the line went away at the end
@@ -342,7 +343,7 @@ def test_cli_run_log_lines_pass_above_the_line(cli_logging: None, tmp_path: Path
     path.write_text(SCENARIO, encoding="utf-8")
     err = Terminal()
 
-    assert _run(path, json_logs=False, log_level="INFO", out=io.StringIO(), err=err,
+    assert run_demo(path, json_logs=False, log_level="INFO", out=io.StringIO(), err=err,
                 clock=SteppingClock(tick=0.1)) == 0
 
     shown = screen(err.getvalue())
@@ -370,7 +371,7 @@ def test_cli_run_refused_step_clears_the_way_for_the_error(cli_logging: None, tm
                     encoding="utf-8")
     err = Terminal()
 
-    assert _run(path, json_logs=False, log_level="CRITICAL", out=io.StringIO(), err=err,
+    assert run_demo(path, json_logs=False, log_level="CRITICAL", out=io.StringIO(), err=err,
                 clock=SteppingClock(tick=0.1)) == 2
 
     shown = screen(err.getvalue())

@@ -12,12 +12,12 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import ExitEngine, ManualClock, Position
-from engine.exchange import Fill
-from engine.metrics import LatencyRecorder
-from engine.paper import PaperExchange
-from engine.prometheus import CONTENT_TYPE, MetricsServer, metrics_server, render, serve_metrics
-from states import MarketRules, SellPermit
+from exitguard import ExitEngine, ManualClock, Position
+from exitguard.exchange.paper import PaperExchange
+from exitguard.exchange.port import Fill
+from exitguard.states import MarketRules, SellPermit
+from exitguard.telemetry.metrics import LatencyRecorder
+from exitguard.telemetry.prometheus import CONTENT_TYPE, MetricsServer, metrics_server, render, serve_metrics
 
 P = Decimal("0.55")
 

@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-import engine
-from engine.cli import main
-from engine.paper import PaperExchange, SellStatus
-from engine.position import ExitOutcome, ExitResult
-from engine.scenario import (
+import exitguard
+from exitguard.cli.main import main
+from exitguard.cli.scenario import (
     ScenarioError,
     Step,
     bundled_demo,
@@ -26,6 +24,8 @@ from engine.scenario import (
     parse_scenario,
     run_scenario,
 )
+from exitguard.exchange.paper import PaperExchange, SellStatus
+from exitguard.position import ExitOutcome, ExitResult
 
 SOURCE = "bad.jsonl"
 
@@ -598,7 +598,7 @@ def test_cli_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> N
         main(["--version"])
 
     assert caught.value.code == 0
-    assert capsys.readouterr().out.strip() == f"exitguard {engine.__version__}"
+    assert capsys.readouterr().out.strip() == f"exitguard {exitguard.__version__}"
 
 
 def test_cli_without_a_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import (
+from exitguard import (
     ExchangeError,
     ExitEngine,
     ExitOutcome,
@@ -37,9 +37,9 @@ from engine import (
     TransientError,
     UnknownOutcome,
 )
-from engine.exchange import Fill
-from engine.paper import PaperExchange, SellStatus
-from states import (
+from exitguard.exchange.paper import PaperExchange, SellStatus
+from exitguard.exchange.port import Fill
+from exitguard.states import (
     InvalidValue,
     SellPermit,
     TransitionRefused,

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-import engine.testing
-from engine import ExitEngine, ExitOutcome, InvalidValue, OrderRejected, Position
-from engine.paper import PaperExchange, SellStatus
-from engine.testing import FrozenClock, PaperFaults, attempt_ids
+import exitguard.pytest_plugin
+from exitguard import ExitEngine, ExitOutcome, InvalidValue, OrderRejected, Position
+from exitguard.exchange.paper import PaperExchange, SellStatus
+from exitguard.pytest_plugin import FrozenClock, PaperFaults, attempt_ids
 
 pytest_plugins = ["pytester"]
 
@@ -28,7 +28,7 @@ def liquid(exchange: PaperExchange, token: str = "tok", shares: str = "10") -> P
 # -- loading -----------------------------------------------------------------------------------------
 
 def test_the_plugin_is_registered_under_the_name_exitguard(pytestconfig: pytest.Config) -> None:
-    assert pytestconfig.pluginmanager.get_plugin("exitguard") is engine.testing
+    assert pytestconfig.pluginmanager.get_plugin("exitguard") is exitguard.pytest_plugin
 
 
 def test_the_plugin_adds_no_autouse_fixture(request: pytest.FixtureRequest) -> None:
@@ -85,7 +85,7 @@ class TestMarkerOnAClass:
 
 @pytest.mark.exitguard_engine(journal=True)
 def test_journal_true_asks_for_a_file_in_tmp_path(exit_engine_options: dict[str, Any], tmp_path: Path) -> None:
-    assert exit_engine_options["journal"] == tmp_path / engine.testing.JOURNAL_FILE
+    assert exit_engine_options["journal"] == tmp_path / exitguard.pytest_plugin.JOURNAL_FILE
     assert not exit_engine_options["journal"].exists()  # the engine creates it, not the fixture
 
 
@@ -99,7 +99,7 @@ async def test_an_engine_with_a_journal_in_tmp_path(paper_exchange: PaperExchang
     result = await exit_engine.exit("p1", reason="r", limit_price=P)
 
     assert result.outcome is ExitOutcome.CLOSED
-    assert exit_engine.journal_path == tmp_path / engine.testing.JOURNAL_FILE
+    assert exit_engine.journal_path == tmp_path / exitguard.pytest_plugin.JOURNAL_FILE
     assert exit_engine.journal_path.exists()
 
 

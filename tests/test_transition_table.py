@@ -1,6 +1,6 @@
 """Every (state, trigger) pair of the position machine, at two levels.
 
-states level: a fresh `PositionRecord` is driven into each state with `states.fire` only, then every
+states level: a fresh `PositionRecord` is driven into each state with `exitguard.states.fire` only, then every
 trigger is fired at it. Pairs in the table (with a payload that satisfies the guard) must reach the
 table's destination; every other pair must raise `TransitionRefused` and leave the record untouched.
 
@@ -27,8 +27,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import states
-from engine import (
+import exitguard.states as states
+from exitguard import (
     ExitEngine,
     ExitOutcome,
     ExitRefused,
@@ -37,9 +37,9 @@ from engine import (
     TransientError,
     UnknownOutcome,
 )
-from engine.exchange import SellLookup
-from engine.paper import PaperExchange, SellStatus
-from states import (
+from exitguard.exchange.paper import PaperExchange, SellStatus
+from exitguard.exchange.port import SellLookup
+from exitguard.states import (
     MACHINE,
     TABLE,
     TRIGGERS,

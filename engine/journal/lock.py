@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from engine.errors import JournalError
+from exitguard.errors import JournalError
 
 
 class JournalLock:

@@ -17,11 +17,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from engine.errors import JournalError
-from engine.exchange import Fill
-from engine.journal.lock import JournalLock
-from engine.journal.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from states import PositionRecord, SellPermit, State
+from exitguard.errors import JournalError
+from exitguard.exchange.port import Fill
+from exitguard.journal.lock import JournalLock
+from exitguard.journal.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from exitguard.states import PositionRecord, SellPermit, State
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ExchangeError, OrderKilled, TransientError, UnknownOutcome
-from engine.paper import PaperCall, PaperExchange, PaperSell, SellStatus
-from states import MarketRules, SellPermit, micro_to_shares
+from exitguard.errors import ExchangeError, OrderKilled, TransientError, UnknownOutcome
+from exitguard.exchange.paper import PaperCall, PaperExchange, PaperSell, SellStatus
+from exitguard.states import MarketRules, SellPermit, micro_to_shares
 
 TESTS = Path(__file__).resolve().parent.parent
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import anyio
 
-from engine import ExitEngine, Position
-from engine.errors import JournalError
-from engine.journal import Journal
-from engine.logs import configure_logging
-from states import PositionRecord, SellPermit, State
+from exitguard import ExitEngine, Position
+from exitguard.errors import JournalError
+from exitguard.journal import Journal
+from exitguard.states import PositionRecord, SellPermit, State
+from exitguard.telemetry.logs import configure_logging
 
 from . import FilePaperExchange, Kill, _log, _marker, _report
 
@@ -124,7 +124,7 @@ def build_exchange(spec: dict[str, Any]) -> Any:
     from py_clob_client_v2 import ClobClient
     from py_clob_client_v2.clob_types import ApiCreds
 
-    from engine.polymarket import PolymarketExchange
+    from exitguard.polymarket import PolymarketExchange
 
     # Key and credentials come by environment, never on the command line or in the spec file.
     creds = ApiCreds(os.environ["CRASHKIT_API_KEY"], os.environ["CRASHKIT_API_SECRET"],

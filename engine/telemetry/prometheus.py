@@ -40,13 +40,13 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from engine.divergence import DivergenceKind
-from engine.metrics import LatencyHistogram
-from engine.position import ExitOutcome
-from states import State
+from exitguard.position import ExitOutcome
+from exitguard.states import State
+from exitguard.telemetry.divergence import DivergenceKind
+from exitguard.telemetry.metrics import LatencyHistogram
 
 if TYPE_CHECKING:
-    from engine.exits import ExitEngine
+    from exitguard.exits import ExitEngine
 
 DEFAULT_PORT = 9464
 

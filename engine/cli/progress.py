@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO, cast
 
-from states import State
+from exitguard.states import State
 
 CLEAR_TO_END = "\x1b[K"
 """ANSI erase-in-line: removes what a longer earlier line left to the right of the cursor."""

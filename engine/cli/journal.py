@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.errors import JournalError
-from engine.journal import Journal, JournaledPosition, JournaledTransition
-from states import State, micro_to_shares
+from exitguard.errors import JournalError
+from exitguard.journal import Journal, JournaledPosition, JournaledTransition
+from exitguard.states import State, micro_to_shares
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

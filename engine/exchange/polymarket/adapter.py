@@ -26,14 +26,14 @@ from py_clob_client_v2.exceptions import PolyApiException, PolyException
 from py_clob_client_v2.http_helpers import helpers as http
 from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2
 
-from engine.clock import Clock, SystemClock
-from engine.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
-from engine.exchange import Fill, LookupStatus, SellLookup, Settlement
-from engine.polymarket import answers
-from engine.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
-from engine.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
-from engine.polymarket.settings import PolymarketSettings
-from states import InvalidValue, MarketRules, PermitError, SellPermit, parse_count, parse_seconds
+from exitguard.clock import Clock, SystemClock
+from exitguard.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
+from exitguard.exchange.polymarket import answers
+from exitguard.exchange.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
+from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
+from exitguard.exchange.polymarket.settings import PolymarketSettings
+from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement
+from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit, parse_count, parse_seconds
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from typing import TextIO
 
 from loguru import logger
 
-from states import MACHINE
+from exitguard.states import MACHINE
 
 EVENTS: dict[str, str] = {
     "position_tracked": "DEBUG",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
-from engine.clock import Clock, SystemClock
-from engine.logs import emit
+from exitguard.clock import Clock, SystemClock
+from exitguard.telemetry.logs import emit
 
 
 class DivergenceKind(StrEnum):

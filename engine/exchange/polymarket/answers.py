@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import (
+from exitguard.errors import (
     ExchangeError,
     InsufficientBalance,
     OrderKilled,
@@ -28,11 +28,11 @@ from engine.errors import (
     TransientError,
     UnknownOutcome,
 )
-from engine.exchange import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
-from states import MICRO, InvalidValue, MarketRules, SellPermit
+from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from exitguard.states import MICRO, InvalidValue, MarketRules, SellPermit
 
 if TYPE_CHECKING:
-    from engine.polymarket.orders import SignedSell
+    from exitguard.exchange.polymarket.orders import SignedSell
 
 TRANSIENT_STATUSES = frozenset({425, 429, 503})
 """Documented as "not processed": too many requests, engine restarting, trading paused."""

@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from states import MarketRules, SellPermit
+from exitguard.states import MarketRules, SellPermit
 
 
 @dataclass(frozen=True, slots=True)

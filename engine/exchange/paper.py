@@ -16,8 +16,8 @@ from enum import StrEnum
 import anyio
 import anyio.lowlevel
 
-from engine.clock import Clock, SystemClock
-from engine.errors import (
+from exitguard.clock import Clock, SystemClock
+from exitguard.errors import (
     ExchangeError,
     InsufficientBalance,
     OrderKilled,
@@ -26,8 +26,8 @@ from engine.errors import (
     TransientError,
     UnknownOutcome,
 )
-from engine.exchange import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
-from states import (
+from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from exitguard.states import (
     InvalidValue,
     MarketRules,
     SellPermit,

@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
-from engine.clock import ManualClock
-from engine.errors import ExchangeError, OrderKilled
-from engine.exits import ExitEngine
-from engine.paper import KILLED_MESSAGE, PaperExchange
-from engine.scenario import FAULT_ERRORS
-from states import InvalidValue, parse_seconds
+from exitguard.cli.scenario import FAULT_ERRORS
+from exitguard.clock import ManualClock
+from exitguard.errors import ExchangeError, OrderKilled
+from exitguard.exchange.paper import KILLED_MESSAGE, PaperExchange
+from exitguard.exits import ExitEngine
+from exitguard.states import InvalidValue, parse_seconds
 
 __all__ = ["FrozenClock", "PaperFaults", "attempt_ids", "JOURNAL_FILE"]
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from engine.errors import (
+from exitguard.errors import (
     ExchangeError,
     ExitRefused,
     InsufficientBalance,
@@ -42,11 +42,11 @@ from engine.errors import (
     TransientError,
     UnknownOutcome,
 )
-from engine.exits import ExitEngine
-from engine.paper import KILLED_MESSAGE, NO_BALANCE_MESSAGE, OPERATIONS, PaperExchange
-from engine.position import ExitResult, Position
-from engine.retry import RetryPolicy
-from states import InvalidValue, TransitionRefused, parse_count, parse_price, parse_seconds, shares_to_micro
+from exitguard.exchange.paper import KILLED_MESSAGE, NO_BALANCE_MESSAGE, OPERATIONS, PaperExchange
+from exitguard.exits import ExitEngine
+from exitguard.position import ExitResult, Position
+from exitguard.retry import RetryPolicy
+from exitguard.states import InvalidValue, TransitionRefused, parse_count, parse_price, parse_seconds, shares_to_micro
 
 FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
     "killed": lambda: OrderKilled(KILLED_MESSAGE, status=400),
@@ -236,7 +236,7 @@ def bundled_demo() -> tuple[str, str]:
     """(name, text) of the demo scenario shipped inside the package."""
     from importlib.resources import files
 
-    resource = files("engine").joinpath("scenarios/demo.jsonl")
+    resource = files("exitguard.cli").joinpath("scenarios/demo.jsonl")
     return "demo.jsonl", resource.read_text(encoding="utf-8")
 
 

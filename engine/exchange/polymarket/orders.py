@@ -18,7 +18,7 @@ from py_clob_client_v2.config import get_contract_config
 from py_clob_client_v2.order_builder.builder import ROUNDING_CONFIG, OrderBuilder
 from py_clob_client_v2.order_utils import ExchangeOrderBuilderV2, Side
 
-from states import MICRO, MarketRules, PermitError, SellPermit
+from exitguard.states import MICRO, MarketRules, PermitError, SellPermit
 
 FOK_TAKER_UNIT = 100
 """Raw USDC units: FOK/FAK taker amounts have at most 4 decimals."""

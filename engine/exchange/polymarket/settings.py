@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from states import InvalidValue
+from exitguard.states import InvalidValue
 
 DEFAULT_HOST = "https://clob.polymarket.com"
 POLYGON = 137

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 import anyio
 
-from states import InvalidValue, parse_count, parse_seconds
+from exitguard.states import InvalidValue, parse_count, parse_seconds
 
 
 class Family(StrEnum):

@@ -1,9 +1,7 @@
-"""The `exitguard` command: run a scenario on the paper exchange, one exit (`exit`), a journal's
-positions and audit trail (`status`, `history`), or write the state diagrams."""
+"""`exitguard run`: play a scenario (the bundled demo by default) on the paper exchange and print a table."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import Counter
@@ -14,11 +12,8 @@ from typing import TextIO
 
 import anyio
 
-from engine import __version__, journal_cli, oneoff
-from engine.logs import configure_logging
-from engine.position import ExitOutcome, ExitResult
-from engine.progress import ProgressLine
-from engine.scenario import (
+from exitguard.cli.progress import ProgressLine
+from exitguard.cli.scenario import (
     ScenarioError,
     ScenarioReport,
     Step,
@@ -27,42 +22,11 @@ from engine.scenario import (
     parse_scenario,
     run_scenario,
 )
-from states.diagram import DIAGRAMS
+from exitguard.position import ExitOutcome, ExitResult
+from exitguard.telemetry.logs import configure_logging
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="exitguard", description="Verified exits for Polymarket positions.")
-    parser.add_argument("--version", action="version", version=f"exitguard {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="replay a scenario (JSON lines) on the paper exchange; "
-                                          "with no file, the bundled demo")
-    run.add_argument("scenario", nargs="?", type=Path, help="scenario file (default: the bundled demo)")
-    run.add_argument("--json-logs", action="store_true", help="log JSON lines to stderr")
-    run.add_argument("--log-level", default="INFO", help="log level for stderr (default INFO)")
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="a live line on stderr with the steps done and the positions by state "
-                          "(default: only when stderr is a terminal)")
-
-    oneoff.add_parser(commands)
-    journal_cli.add_parsers(commands)
-
-    diagram = commands.add_parser("diagram", help="write the position machine's diagrams (Mermaid, DOT)")
-    diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="folder (default ./diagrams)")
-    diagram.add_argument("--check", action="store_true", help="fail if the files differ from the code")
-
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        return _run(args.scenario, json_logs=args.json_logs, log_level=args.log_level, out=sys.stdout,
-                    progress=args.progress)
-    if args.command == "exit":
-        return oneoff.run(args)
-    if args.command in ("status", "history"):
-        return journal_cli.run(args)
-    return _diagram(args.out, check=args.check, out=sys.stdout)
-
-
-def _run(path: Path | None, *, json_logs: bool, log_level: str, out: TextIO, progress: bool | None = None,
+def run_demo(path: Path | None, *, json_logs: bool, log_level: str, out: TextIO, progress: bool | None = None,
          err: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> int:
     """`progress`: True draws the progress line on `err`, False never does, None does when `err` is a
     terminal. Nothing else in the output changes either way."""
@@ -138,26 +102,3 @@ def _summary(report: ScenarioReport, out: TextIO) -> None:
     outcomes = Counter(str(result.outcome) for result in report.results)
     print("\noutcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items())), file=out)
 
-
-def _diagram(folder: Path, *, check: bool, out: TextIO) -> int:
-    stale = []
-    for name, render in DIAGRAMS.items():
-        path = folder / name
-        text = render()
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
-            continue
-        if check:
-            stale.append(str(path))
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}", file=out)
-    if stale:
-        print(f"exitguard: stale diagrams (run `exitguard diagram`): {', '.join(stale)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,12 +15,12 @@ from typing import TextIO
 
 import anyio
 
-from engine.exchange import Exchange, SettlementStatus
-from engine.exits import ExitEngine
-from engine.logs import configure_logging
-from engine.paper import PaperExchange
-from engine.position import ExitOutcome, ExitResult, Position
-from states import InvalidValue, parse_price, shares_to_micro
+from exitguard.exchange.paper import PaperExchange
+from exitguard.exchange.port import Exchange, SettlementStatus
+from exitguard.exits import ExitEngine
+from exitguard.position import ExitOutcome, ExitResult, Position
+from exitguard.states import InvalidValue, parse_price, shares_to_micro
+from exitguard.telemetry.logs import configure_logging
 
 OPERATOR_KEY = "operator-exit"
 
@@ -94,7 +94,7 @@ def _paper(args: argparse.Namespace, shares: Decimal, price: Decimal) -> tuple[E
 
 
 def _live(environ: Mapping[str, str] | None) -> tuple[Exchange, str]:
-    from engine.polymarket import PolymarketExchange, PolymarketSettings
+    from exitguard.exchange.polymarket import PolymarketExchange, PolymarketSettings
 
     settings = PolymarketSettings.from_env(os.environ if environ is None else environ)
     exchange = PolymarketExchange.from_settings(settings)

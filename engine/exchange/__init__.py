@@ -1,0 +1,1 @@
+"""The exchange port (port.py) and its adapters: the paper exchange and Polymarket."""

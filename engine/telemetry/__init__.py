@@ -1,0 +1,1 @@
+"""What operators watch: structured log events, metrics, divergence detection, the Prometheus endpoint."""
