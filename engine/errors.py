@@ -7,6 +7,9 @@ definitely not filled (the position may be retried after a fresh verification), 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from exitguard.states.answers import SellAnswer
 from exitguard.states.errors import InvalidValue, PermitError, TransitionRefused
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "TransitionRefused",
     "UnknownOutcome",
     "UnknownPosition",
+    "answer_of",
 ]
 
 
@@ -65,9 +69,11 @@ class JournalError(RuntimeError):
 
 
 class ExchangeError(Exception):
-    """Base of every typed answer from an exchange adapter."""
+    """Base of every typed answer from an exchange adapter. Each class is one answer class of
+    `states.answers.SellAnswer`; what the engine does with it is decided there (SELL_ANSWERS)."""
 
-    definitely_not_filled: bool = False
+    answer: ClassVar[SellAnswer] = SellAnswer.UNKNOWN
+    definitely_not_filled: ClassVar[bool] = False
     """True only when the exchange guarantees that no shares changed hands."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
@@ -78,26 +84,40 @@ class ExchangeError(Exception):
 class NotFilled(ExchangeError):
     """The exchange said no: nothing was sold."""
 
+    answer = SellAnswer.NOT_PROCESSED
     definitely_not_filled = True
 
 
 class OrderKilled(NotFilled):
     """FOK could not be filled completely at the limit, so it was killed."""
 
+    answer = SellAnswer.KILLED
+
 
 class InsufficientBalance(NotFilled):
     """The exchange refused a sell above the balance: our verified figure and the exchange disagree."""
+
+    answer = SellAnswer.INSUFFICIENT_BALANCE
 
 
 class OrderRejected(NotFilled):
     """Refused as malformed: price off tick, size below minimum or off step, duplicate, etc."""
 
+    answer = SellAnswer.REJECTED
+
 
 class TransientError(ExchangeError):
     """Rate limited, engine restarting or paused: the request was not processed."""
 
+    answer = SellAnswer.NOT_PROCESSED
     definitely_not_filled = True
 
 
 class UnknownOutcome(ExchangeError):
     """The order may or may not have executed (timeout, dropped connection, lost response)."""
+
+
+def answer_of(error: BaseException) -> SellAnswer:
+    """The answer class of whatever a sell raised. Anything that is not a typed answer of the exchange (a
+    timeout, a cut connection, a bug in an adapter) may have come after the order left: UNKNOWN."""
+    return error.answer if isinstance(error, ExchangeError) else SellAnswer.UNKNOWN

@@ -10,17 +10,16 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
 
+from exitguard.book import PositionBook
 from exitguard.position import ExitOutcome, ExitResult
+from exitguard.reports import Reporter
 from exitguard.states import PositionRecord, State
 from exitguard.telemetry.divergence import DivergenceKind
 from exitguard.telemetry.logs import emit
-
-if TYPE_CHECKING:
-    from exitguard.exits import ExitEngine
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,41 +36,43 @@ class RecoverySummary:
     """The lookup failed: still SELLING, exits refused until `reconcile(key)` succeeds."""
 
 
-async def recover(engine: ExitEngine, restored: list[PositionRecord]) -> RecoverySummary:
+async def recover(book: PositionBook, restored: list[PositionRecord], *, journal: Path,
+                  reconcile: Callable[[str], Awaitable[ExitResult]], report: Reporter) -> RecoverySummary:
+    """Settle what `restored` (the journal's positions, just loaded into `book`) left in flight.
+    `reconcile` is the engine's own `reconcile(key)`: a possibly sent order is settled as a live one is."""
     reopened: list[str] = []
     to_settle: list[str] = []
     for record in restored:
         if record.state is State.VERIFYING:
-            engine._fire(record, "verify_failed", error="engine restarted while verifying; nothing was sent")
+            book.fire(record, "verify_failed", error="engine restarted while verifying; nothing was sent")
             reopened.append(record.key)
         elif record.state is State.SELLING and not record.unresolved:
-            if record.key in engine._order_ids:
-                engine._fire(record, "sell_unknown", error="engine restarted with this order possibly sent")
+            if book.order_id(record.key) is not None:
+                book.fire(record, "sell_unknown", error="engine restarted with this order possibly sent")
                 to_settle.append(record.key)
             else:
-                engine._fire(record, "sell_killed", reason="engine restarted before the order was signed",
-                             definitely_not_filled=True)
+                book.fire(record, "sell_killed", reason="engine restarted before the order was signed",
+                          definitely_not_filled=True)
                 reopened.append(record.key)
         elif record.state is State.SELLING:
             to_settle.append(record.key)
     for key in reopened:
-        record = engine._records[key]
+        record = book.get(key)
         emit("recovery_reopened", key=key, token=record.token_id, attempt_id=record.attempt_id)
     reconciled: dict[str, ExitOutcome] = {}
     unresolved: list[str] = []
     for key in to_settle:
-        result: ExitResult = await engine.reconcile(key)
+        result = await reconcile(key)
         if result.outcome is ExitOutcome.UNKNOWN:
             unresolved.append(key)
-            record = engine._records[key]
-            engine._diverge(DivergenceKind.UNKNOWN_OUTCOME, record,
-                            record.inflight.shares if record.inflight else None, None)
+            record = book.get(key)
+            report.diverge(DivergenceKind.UNKNOWN_OUTCOME, record,
+                           record.inflight.shares if record.inflight else None, None)
         else:
             reconciled[key] = result.outcome
-    states = Counter(str(record.state) for record in engine._records.values())
-    summary = RecoverySummary(positions=len(restored), by_state=dict(sorted(states.items())), reopened=reopened,
-                              reconciled=reconciled, unresolved=unresolved)
-    emit("recovery_summary", journal=str(engine.journal_path), positions=summary.positions,
+    summary = RecoverySummary(positions=len(restored), by_state=dict(sorted(book.counts_by_state().items())),
+                              reopened=reopened, reconciled=reconciled, unresolved=unresolved)
+    emit("recovery_summary", journal=str(journal), positions=summary.positions,
          by_state=summary.by_state, reopened=len(reopened),
          reconciled={key: str(outcome) for key, outcome in reconciled.items()}, unresolved=unresolved)
     return summary

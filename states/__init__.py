@@ -1,10 +1,14 @@
 """The position state machine: pure decisions, no I/O, no clock, no logging."""
 
+from exitguard.states.answers import SELL_ANSWERS, AnswerEffect, AnswerRule, SellAnswer
 from exitguard.states.balance import BalanceKind, BalanceVerdict, assess_balance
+from exitguard.states.effects import take_permit
 from exitguard.states.errors import InvalidValue, PermitError, TransitionRefused
+from exitguard.states.interrupted import INTERRUPTED, RESTARTED, Settle, on_interrupt, on_restart
 from exitguard.states.machine import MACHINE, allowed_triggers, fire
 from exitguard.states.market import MarketRules, stepped_down_price
-from exitguard.states.permit import DEFAULT_PERMIT_MAX_AGE, SellPermit, permit_is_fresh, take_permit
+from exitguard.states.outcomes import BALANCE_MISMATCH, FILL_MISMATCH, REPORTS, DivergenceKind, ExitOutcome, Report
+from exitguard.states.permit import DEFAULT_PERMIT_MAX_AGE, SellPermit, permit_is_fresh
 from exitguard.states.quantities import (
     MICRO,
     micro_to_shares,
@@ -18,6 +22,21 @@ from exitguard.states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionReco
 from exitguard.states.table import TABLE, TRIGGERS, Edge
 
 __all__ = [
+    "AnswerEffect",
+    "AnswerRule",
+    "BALANCE_MISMATCH",
+    "DivergenceKind",
+    "ExitOutcome",
+    "FILL_MISMATCH",
+    "INTERRUPTED",
+    "REPORTS",
+    "RESTARTED",
+    "Report",
+    "SELL_ANSWERS",
+    "SellAnswer",
+    "Settle",
+    "on_interrupt",
+    "on_restart",
     "BalanceKind",
     "BalanceVerdict",
     "DEFAULT_PERMIT_MAX_AGE",

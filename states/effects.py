@@ -1,4 +1,5 @@
-"""What a transition writes on the record. Pure: values come in through the trigger's payload."""
+"""What a transition writes on the record, and the one hand-over of a permit to the sell. Pure: values come
+in through the trigger's payload."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import cast
 
 from transitions import EventData
 
-from exitguard.states.errors import InvalidValue
+from exitguard.states.errors import InvalidValue, PermitError
 from exitguard.states.permit import SellPermit
-from exitguard.states.record import record_of
+from exitguard.states.record import PositionRecord, record_of
 
 
 def begin_attempt(event: EventData) -> None:
@@ -61,3 +62,13 @@ def end_sell_attempt(event: EventData) -> None:
     record.permit = None
     record.inflight = None
     record.unresolved = False
+
+
+def take_permit(record: PositionRecord) -> SellPermit:
+    """Hand out the record's permit exactly once; it moves to `inflight` until SELLING is left."""
+    permit = record.permit
+    if permit is None:
+        raise PermitError(f"position {record.key!r} in state {record.state} holds no unused sell permit")
+    record.permit = None
+    record.inflight = permit
+    return permit

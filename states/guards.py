@@ -25,6 +25,13 @@ def balance_is_zero_and_settled(event: EventData) -> bool:
     return verdict.kind is BalanceKind.ALREADY_EXITED and verdict.actual == 0
 
 
+def balance_is_zero_but_unsettled(event: EventData) -> bool:
+    """Without it, a zero read while the last buy settles would have no edge, and the engine would have
+    to decide by itself that it is no exit. It is none: the position goes back to OPEN, nothing sold."""
+    verdict = _verdict(event)
+    return verdict.kind is BalanceKind.UNSETTLED_ZERO and verdict.actual == 0
+
+
 def balance_is_sellable(event: EventData) -> bool:
     """Without it, a sell could be sized from memory or above the verified balance: an oversell,
     or a short. The sell size is the verified balance rounded down, never more."""

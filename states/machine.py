@@ -11,7 +11,7 @@ from transitions import Machine, MachineError
 
 from exitguard.states.errors import InvalidValue, TransitionRefused
 from exitguard.states.record import PositionRecord, State
-from exitguard.states.table import ON_EXIT, PAYLOAD, TABLE
+from exitguard.states.table import PAYLOAD, TABLE
 
 
 def build_machine() -> Machine:
@@ -24,15 +24,11 @@ def build_machine() -> Machine:
         ignore_invalid_triggers=False,
         name="position",
     )
-    for state, callbacks in ON_EXIT.items():
-        for callback in callbacks:
-            machine.get_state(state).add_callback("exit", callback)
     for edge in TABLE:
         machine.add_transition(
             edge.trigger,
             edge.source,
-            # A self-edge is internal (dest=None): staying in SELLING must not run its exit callbacks,
-            # which would drop the in-flight permit that reconciliation needs.
+            # A self-edge is internal (dest=None): staying in SELLING is no new entry into it.
             None if edge.dest == edge.source else edge.dest,
             conditions=list(edge.guards),
             before=list(edge.before),

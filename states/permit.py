@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from exitguard.states.errors import PermitError
 from exitguard.states.quantities import micro_to_shares
-
-if TYPE_CHECKING:
-    from exitguard.states.record import PositionRecord
 
 DEFAULT_PERMIT_MAX_AGE = 2.0
 """Seconds. An older verification may no longer describe the balance (another process, a settlement)."""
@@ -48,12 +44,3 @@ def permit_is_fresh(permit: SellPermit, now: float, max_age: float = DEFAULT_PER
     age = now - permit.verified_at
     return 0 <= age <= max_age
 
-
-def take_permit(record: PositionRecord) -> SellPermit:
-    """Hand out the record's permit exactly once; it moves to `inflight` until SELLING is left."""
-    permit = record.permit
-    if permit is None:
-        raise PermitError(f"position {record.key!r} in state {record.state} holds no unused sell permit")
-    record.permit = None
-    record.inflight = permit
-    return permit

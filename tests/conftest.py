@@ -1,9 +1,16 @@
-"""Shared fixtures. Async tests use anyio's pytest plugin on asyncio (`@pytest.mark.anyio`)."""
+"""Shared fixtures. Async tests use anyio's pytest plugin on asyncio (`@pytest.mark.anyio`).
+
+Also the guard that keeps the source folders from being imported under their own names: see
+`SourceFoldersAreNotPackages`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib.abc
+import sys
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -11,6 +18,29 @@ from loguru import logger
 
 from exitguard import ManualClock
 from exitguard.exchange.paper import PaperExchange
+
+SOURCE_FOLDERS = {"engine": "exitguard", "states": "exitguard.states"}
+"""Folders at the repository root that install under another name (pyproject.toml's package-dir)."""
+
+
+class SourceFoldersAreNotPackages(importlib.abc.MetaPathFinder):
+    """Refuses `import engine` / `import states` (and their submodules).
+
+    `python -m pytest` at the repository root puts the root on sys.path, so a stray `import engine.exits`
+    would load a second copy of the code beside the installed `exitguard` one, with its own classes and
+    module state, and work here while failing for every user of the wheel."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> None:
+        top, _, rest = fullname.partition(".")
+        if top in SOURCE_FOLDERS:
+            instead = ".".join(filter(None, [SOURCE_FOLDERS[top], rest]))
+            raise ImportError(f"import {instead} instead of {fullname}: the {top}/ folder installs as "
+                              f"{SOURCE_FOLDERS[top]}, and code imports only exitguard.*", name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, SourceFoldersAreNotPackages())
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Opens `ExitEngine(exchange, journal=...)` (recovery runs on entry), tracks the p
 not know, exits every OPEN one, and writes a report beside the spec. With a kill point in the spec, it
 SIGKILLs itself at that point instead, after writing a marker naming it (so a test can tell a kill that
 happened from one that never fired). The kill points are wrappers around a Journal method, the exchange
-port and the engine's `_fire`, installed in this process only; engine code carries no test hooks.
+port and the position book's `fire`, installed in this process only; engine code carries no test hooks.
 
 Exit codes: 0 ran to the end; 2 the engine refused to start (JournalError, printed); -9 killed.
 """
@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 from exitguard import ExitEngine, Position
+from exitguard.book import PositionBook
 from exitguard.errors import JournalError
 from exitguard.journal import Journal
 from exitguard.states import PositionRecord, SellPermit, State
@@ -109,13 +110,16 @@ class KillingExchange:
         return await self.inner.settlement(fill)
 
 
-class CrashEngine(ExitEngine):
-    killer: Killer
+def install_fire_kill(killer: Killer) -> None:
+    """Wrap the position book's `fire` (where every transition happens) of this process."""
+    fire = PositionBook.fire
 
-    def _fire(self, record: PositionRecord, trigger: str, **payload: object) -> None:
+    def killing_fire(self: PositionBook, record: PositionRecord, trigger: str, **payload: object) -> None:
         if trigger == "sell_filled":
-            self.killer.hit("after_fill", record.key)  # the fill is in hand; nothing has moved yet
-        super()._fire(record, trigger, **payload)
+            killer.hit("after_fill", record.key)  # the fill is in hand; nothing has moved yet
+        fire(self, record, trigger, **payload)
+
+    PositionBook.fire = killing_fire  # type: ignore[method-assign]
 
 
 def build_exchange(spec: dict[str, Any]) -> Any:
@@ -138,12 +142,12 @@ async def run(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
     kill = Kill(**spec["kill"]) if spec["kill"] else None
     killer = Killer(kill, _marker(spec_path))
     install_journal_kills(killer)
-    CrashEngine.killer = killer
+    install_fire_kill(killer)
     positions = spec["positions"]
     exchange = KillingExchange(build_exchange(spec["exchange"]), killer,
                                {p["token_id"]: p["key"] for p in positions})
     report: dict[str, Any] = {}
-    engine = CrashEngine(exchange, journal=spec["journal"], settlement_poll_interval=None)  # type: ignore[arg-type]
+    engine = ExitEngine(exchange, journal=spec["journal"], settlement_poll_interval=None)  # type: ignore[arg-type]
     async with engine:
         summary = engine.recovery
         assert summary is not None

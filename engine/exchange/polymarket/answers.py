@@ -1,21 +1,15 @@
-"""What each CLOB answer means for an exit. Pure functions of (status, body): one place to read, and
-to test, the whole mapping from the wire to the engine's three kinds of "no" and its one "yes".
+"""What each CLOB answer means for an exit, and what the other reads of the adapter return.
 
-| answer | meaning | raised / returned |
-|---|---|---|
-| 200, `success`, status `matched` | filled on the book | `Fill` (settlement followed later) |
-| 200/400 "couldn't be fully filled" (FOK) | killed, nothing sold | `OrderKilled` |
-| 400 "not enough balance / allowance" | memory and exchange disagree | `InsufficientBalance` |
-| 400 tick / minimum size / invalid order / version mismatch | malformed, nothing sold | `OrderRejected` |
-| 400 "Duplicated" | an identical order already reached the exchange | `UnknownOutcome` |
-| 200 status `delayed` | accepted, matching deferred | `UnknownOutcome` (look up) |
-| 429, 425, 503 | rate limited / restarting / paused: not processed | `TransientError` |
-| 401, 403 | credentials refused: not processed | `OrderRejected` |
-| other 5xx, no status (transport), timeout | may have executed | `UnknownOutcome` |
+The answer to a POST /order is decided by one table, `WIRE_ANSWERS`: rows are tried in order, the first
+whose `when` holds decides, and each row names its source. It gives the answer class (`SellAnswer`, carried
+by the `ExchangeError` subclass it raises); what the engine then does with that class is decided in
+`exitguard.states.answers.SELL_ANSWERS`. Only a definite, parsed "no" may be a not-filled class: whatever
+the table cannot place falls through to its last row, UNKNOWN.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -30,12 +24,11 @@ from exitguard.errors import (
 )
 from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
 from exitguard.states import MICRO, InvalidValue, MarketRules, SellPermit
+from exitguard.states.answers import SellAnswer
 
 if TYPE_CHECKING:
     from exitguard.exchange.polymarket.orders import SignedSell
 
-TRANSIENT_STATUSES = frozenset({425, 429, 503})
-"""Documented as "not processed": too many requests, engine restarting, trading paused."""
 SETTLED_TRADE_STATUSES = frozenset({"MINED", "CONFIRMED"})
 FAILED_TRADE_STATUS = "FAILED"
 ORDER_VERSION_MISMATCH = "order_version_mismatch"
@@ -56,50 +49,211 @@ def is_version_mismatch(body: object) -> bool:
     return ORDER_VERSION_MISMATCH in error_text(body)
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer to a POST /order, read once: everything the rules of `WIRE_ANSWERS` look at."""
+
+    status: int | None
+    """None: no HTTP answer at all (the client's "Request exception!")."""
+    body: object
+    """As py-clob-client-v2 hands it over: parsed JSON, or the text when the body was not JSON."""
+    order_id: str
+    text: str
+    """`error_text(body)`."""
+    fields: dict[str, Any]
+    """The body when it is a JSON object, else empty."""
+    state: str
+    """The order status the body reports, lower-case ("matched", "delayed", ...); "" when none."""
+    answered: object
+    """The order id the body reports, when it reports one."""
+
+    @classmethod
+    def of(cls, status: int | None, body: object, order_id: str) -> Reply:
+        fields = body if isinstance(body, dict) else {}
+        state = str(fields.get("status", "")).lower() if isinstance(body, dict) else ""
+        answered = fields.get("orderID") or fields.get("orderId")
+        return cls(status, body, order_id, error_text(body), fields, state, answered)
+
+
+Match = Callable[[Reply], bool]
+
+
+def no_status(reply: Reply) -> bool:
+    return reply.status is None
+
+
+def status_is(*statuses: int) -> Match:
+    return lambda reply: reply.status in statuses
+
+
+def server_error(reply: Reply) -> bool:
+    return reply.status is not None and reply.status >= 500
+
+
+def accepted(reply: Reply) -> bool:
+    """200 with an object that reports no error: per the docs, a non-empty `errorMsg` means "not placed
+    immediately" and `success` not true means "an issue placing the order"."""
+    return reply.status == 200 and isinstance(reply.body, dict) and reply.body.get("success") is not False \
+        and not reply.body.get("errorMsg")
+
+
+def accepted_as(state: str) -> Match:
+    return lambda reply: accepted(reply) and reply.state == state
+
+
+def accepted_not_matched(reply: Reply) -> bool:
+    return accepted(reply) and reply.state != "matched"
+
+
+def accepted_for_another_order(reply: Reply) -> bool:
+    return accepted(reply) and bool(reply.answered) and reply.answered != reply.order_id
+
+
+def says(*words: str) -> Match:
+    """The error text contains one of the words, in any case."""
+    return lambda reply: any(word in reply.text.lower() for word in words)
+
+
+def status_200_as(state: str) -> Match:
+    return lambda reply: reply.status == 200 and reply.state == state
+
+
+def client_error_or_200(reply: Reply) -> bool:
+    return reply.status is not None and (400 <= reply.status < 500 or reply.status == 200)
+
+
+def anything(reply: Reply) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class WireRule:
+    when: Match
+    result: type[ExchangeError] | type[Fill]
+    """The typed error to raise (it carries the answer class), or Fill: parse the matched body."""
+    says: str
+    """The error's message after "order <id>: "; fields {status}, {text}, {state}, {answered}, {cause}."""
+    meaning: str
+    source: str
+
+    @property
+    def answer(self) -> SellAnswer:
+        return self.result.answer if issubclass(self.result, ExchangeError) else SellAnswer.FILLED
+
+
+CREATE_ORDER_DOCS = "docs.polymarket.com/developers/CLOB/orders/create-order"
+ERROR_CODES_DOCS = "docs.polymarket.com/resources/error-codes"
+WIRE_MD = "tests/fakeclob/WIRE.md"
+MAY_HAVE_EXECUTED = "conservative default: may have executed"
+
+WIRE_ANSWERS: tuple[WireRule, ...] = (
+    WireRule(no_status, UnknownOutcome,
+             says="connection lost without an answer; it may have executed ({cause})",
+             meaning="transport error (refused, reset, closed without reply), before or after the order left",
+             source="py-clob-client-v2 http_helpers/helpers.py `request`: httpx.RequestError -> PolyApiException"
+                    f"(status_code=None, 'Request exception!'); {WIRE_MD} section 0; {MAY_HAVE_EXECUTED}"),
+    WireRule(status_is(425), TransientError,
+             says="HTTP {status}, not processed: {text}",
+             meaning="matching engine restarting: order endpoints answer 425 Too Early",
+             source="docs.polymarket.com/trading/matching-engine \"Handling HTTP 425\"; "
+                    f"{WIRE_MD} section 4 (text body `service not ready`, py-clob-client #273)"),
+    WireRule(status_is(429), TransientError,
+             says="HTTP {status}, not processed: {text}",
+             meaning="rate limited: `Too Many Requests`",
+             source=f"{ERROR_CODES_DOCS} Global Errors 429; {WIRE_MD} section 4"),
+    WireRule(status_is(503), TransientError,
+             says="HTTP {status}, not processed: {text}",
+             meaning="trading disabled or cancel-only: no new order accepted",
+             source=f"{ERROR_CODES_DOCS} Global Errors 503; {WIRE_MD} section 4"),
+    WireRule(status_is(401, 403), OrderRejected,
+             says="HTTP {status}, credentials refused: {text}",
+             meaning="credentials (or the caller's region) refused before the order is looked at",
+             source=f"{ERROR_CODES_DOCS} Global Errors 401 (`Unauthorized/Invalid api key`, `Invalid L1 Request "
+                    "headers`); docs.polymarket.com/api-reference/geoblock (orders from blocked regions are "
+                    f"rejected, status not given); {WIRE_MD} section 1"),
+    WireRule(server_error, UnknownOutcome,
+             says="HTTP {status} after sending; it may have executed: {text}",
+             meaning="server or gateway error (`order timed out`, `could not run the execution`, a 502 page)",
+             source=f"{WIRE_MD} section 4 (500 rows; py-clob-client #331); py-clob-client-v2 helpers.py "
+                    "`_is_transient_error` re-posts on 5xx and a re-post of an executed order is answered "
+                    f"Duplicated; {MAY_HAVE_EXECUTED}"),
+    # 200 with no error reported: the order reached the book, and only "matched" is a fill.
+    WireRule(accepted_as("delayed"), UnknownOutcome,
+             says="matching delayed by the exchange; look it up",
+             meaning="accepted, matching deferred: it may still fill",
+             source=f"{CREATE_ORDER_DOCS} Insert Statuses: `delayed` = \"order marketable, but subject to "
+                    "matching delay\""),
+    WireRule(accepted_as("unmatched"), OrderKilled,
+             says="unmatched",
+             meaning="accepted, marketable, not matched: taken as a FOK that did not fill",
+             source=f"{CREATE_ORDER_DOCS} Insert Statuses: `unmatched` = \"order marketable, but failure "
+                    "delaying, placement successful\""),
+    WireRule(accepted_not_matched, UnknownOutcome,
+             says="unexpected order status {state!r} for a FOK",
+             meaning="accepted with a status a FOK should not have (`live`, none, unknown)",
+             source=f"{CREATE_ORDER_DOCS} Insert Statuses (`live` = resting on the book); {MAY_HAVE_EXECUTED}"),
+    WireRule(accepted_for_another_order, UnknownOutcome,
+             says="the exchange answered for another order id {answered}",
+             meaning="matched, but the reply names an order id other than the one signed",
+             source=MAY_HAVE_EXECUTED),
+    WireRule(accepted, Fill,
+             says="",
+             meaning="matched: the FOK sold the permit's shares; settlement on chain follows",
+             source=f"{WIRE_MD} section 4 \"Success (matched FOK)\" (bodies from py-clob-client #217); "
+                    f"{CREATE_ORDER_DOCS} Insert Statuses `matched`"),
+    # Any other status: the error text decides, whichever status it came with.
+    WireRule(says("duplicated"), UnknownOutcome,
+             says="the exchange already has this order and it may have filled: {text}",
+             meaning="an identical order already reached the exchange: this is a re-post of a sent order",
+             source=f"{CREATE_ORDER_DOCS} INVALID_ORDER_DUPLICATED; {WIRE_MD} section 4 (`order 0x... is "
+                    "invalid. Duplicated.`, the answer to a re-post of an order that executed)"),
+    WireRule(says("not enough balance", "allowance"), InsufficientBalance,
+             says="{text}",
+             meaning="refused for lack of balance / allowance, per the exchange's balance cache",
+             source=f"{CREATE_ORDER_DOCS} INVALID_ORDER_NOT_ENOUGH_BALANCE; {WIRE_MD} section 4 (`not enough "
+                    "balance / allowance: the balance is not enough -> balance: 0, order amount: 5000000`)"),
+    WireRule(says("fully filled", "fok", "no match"), OrderKilled,
+             says="{text}",
+             meaning="FOK (or FAK) killed: nothing to match at the limit",
+             source=f"{CREATE_ORDER_DOCS} FOK_ORDER_NOT_FILLED_ERROR; {WIRE_MD} section 4 (FOK and FAK rows)"),
+    WireRule(status_200_as("delayed"), UnknownOutcome,
+             says="matching delayed by the exchange; look it up",
+             meaning="200 reporting an error, with status `delayed`: it may still fill",
+             source=f"{CREATE_ORDER_DOCS} ORDER_DELAYED (success: no) and Insert Statuses `delayed`"),
+    WireRule(client_error_or_200, OrderRejected,
+             says="HTTP {status}: {text}",
+             meaning="any other 4xx, or a 200 reporting an error: refused (tick, minimum size, payload, signer)",
+             source=f"{ERROR_CODES_DOCS}; {CREATE_ORDER_DOCS} Insert Error Messages; {WIRE_MD} section 4"),
+    WireRule(anything, UnknownOutcome,
+             says="unexpected HTTP {status}: {text}",
+             meaning="anything else: 1xx, a 2xx other than 200, 3xx",
+             source=MAY_HAVE_EXECUTED),
+)
+"""The answer to a POST /order: rows tried in order, the first match decides."""
+
+
+def wire_rule(status: int | None, body: object, signed: SignedSell) -> WireRule:
+    """The row of `WIRE_ANSWERS` that decides this answer."""
+    return _rule(Reply.of(status, body, signed.order_id))
+
+
+def _rule(reply: Reply) -> WireRule:
+    return next(rule for rule in WIRE_ANSWERS if rule.when(reply))
+
+
 def post_answer(status: int | None, body: object, signed: SignedSell) -> Fill | ExchangeError:
     """The answer to one POST /order of a FOK SELL, as a Fill or the typed error to raise."""
-    order = signed.order_id
-    if status is None:
-        return UnknownOutcome(f"order {order}: connection lost without an answer; it may have executed "
-                              f"({error_text(body) or 'transport error'})")
-    text = error_text(body)
-    lowered = text.lower()
-    if status in TRANSIENT_STATUSES:
-        return TransientError(f"order {order}: HTTP {status}, not processed: {text}", status=status)
-    if status in (401, 403):
-        return OrderRejected(f"order {order}: HTTP {status}, credentials refused: {text}", status=status)
-    if status >= 500:
-        return UnknownOutcome(f"order {order}: HTTP {status} after sending; it may have executed: {text}",
-                              status=status)
-    if status == 200 and isinstance(body, dict) and body.get("success") is not False and not body.get("errorMsg"):
-        return _posted(body, signed)
-    if "duplicated" in lowered:
-        return UnknownOutcome(f"order {order}: the exchange already has this order and it may have filled: "
-                              f"{text}", status=status)
-    if "not enough balance" in lowered or "allowance" in lowered:
-        return InsufficientBalance(f"order {order}: {text}", status=status)
-    if "fully filled" in lowered or "fok" in lowered or "no match" in lowered:
-        return OrderKilled(f"order {order}: {text}", status=status)
-    if status == 200 and isinstance(body, dict) and str(body.get("status", "")).lower() == "delayed":
-        return UnknownOutcome(f"order {order}: matching delayed by the exchange; look it up", status=status)
-    if 400 <= status < 500 or status == 200:
-        return OrderRejected(f"order {order}: HTTP {status}: {text}", status=status)
-    return UnknownOutcome(f"order {order}: unexpected HTTP {status}: {text}", status=status)
+    reply = Reply.of(status, body, signed.order_id)
+    rule = _rule(reply)
+    if not issubclass(rule.result, ExchangeError):
+        return _matched_fill(reply.fields, signed)
+    message = rule.says.format(status=status, text=reply.text, state=reply.state, answered=reply.answered,
+                               cause=reply.text or "transport error")
+    return rule.result(f"order {signed.order_id}: {message}", status=status)
 
 
-def _posted(body: dict[str, Any], signed: SignedSell) -> Fill | ExchangeError:
+def _matched_fill(body: dict[str, Any], signed: SignedSell) -> Fill:
     order = signed.order_id
-    state = str(body.get("status", "")).lower()
-    if state == "delayed":
-        return UnknownOutcome(f"order {order}: matching delayed by the exchange; look it up", status=200)
-    if state != "matched":
-        # A FOK is matched or killed; anything else (live, unmatched) means it did not fill as a FOK must.
-        if state == "unmatched":
-            return OrderKilled(f"order {order}: unmatched", status=200)
-        return UnknownOutcome(f"order {order}: unexpected order status {state!r} for a FOK", status=200)
-    answered = body.get("orderID") or body.get("orderId")
-    if answered and answered != order:
-        return UnknownOutcome(f"order {order}: the exchange answered for another order id {answered}", status=200)
     shares = _micro(body.get("makingAmount"))
     proceeds = _micro(body.get("takingAmount"))
     if shares is None or shares <= 0:

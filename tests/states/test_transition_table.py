@@ -77,12 +77,23 @@ DESIGN_EDGES: list[tuple[str, str, str]] = [
     ("SELLING", "resolved_gone", "RECONCILED"),
 ]
 
+EXTRA_EDGES: dict[tuple[str, str, str], str] = {
+    ("VERIFYING", "balance_fetched", "OPEN"):
+        "zero inside the settlement window: DESIGN.md's rules say 'do not conclude already exited'; the edge "
+        "makes that a decision of the table instead of a branch in the engine",
+    ("SELLING", "sell_expired", "OPEN"):
+        "the permit went stale before the order left ('freshness is checked when the order is about to "
+        "leave'): nothing was sent, which is no answer of the exchange's",
+}
+"""Edges the table has beyond DESIGN.md's drawing, each with the design rule it makes explicit."""
+
 DESIGN_TRIGGERS = (
     "request_exit",
     "balance_fetched",
     "verify_failed",
     "sell_filled",
     "sell_killed",
+    "sell_expired",
     "sell_unknown",
     "resolved_filled",
     "resolved_not_filled",
@@ -109,7 +120,7 @@ VERDICTS: dict[str, BalanceVerdict] = {
 }
 """balance_fetched payload variants: one per VERIFYING exit, plus the zero that must not count."""
 
-VARIANT_DEST: dict[str, State | None] = {"zero": R, "sellable": S, "dust": D, "unsettled": None}
+VARIANT_DEST: dict[str, State] = {"zero": R, "sellable": S, "dust": D, "unsettled": O}
 
 
 def test_the_verdict_variants_are_what_their_names_say() -> None:
@@ -135,6 +146,8 @@ def payload(trigger: str, variant: str | None = None) -> dict[str, Any]:
         return {"reason": "FOK killed", "definitely_not_filled": True}
     if trigger == "sell_unknown":
         return {"error": "timeout"}
+    if trigger == "sell_expired":
+        return {"reason": "permit 2.5s old (max 2.0s); nothing sent"}
     if trigger in ("resolved_not_filled", "resolved_gone"):
         return {}
     raise AssertionError(f"no payload for {trigger}")
@@ -297,14 +310,18 @@ def table_edges() -> list[tuple[str, str, str]]:
 
 
 def test_table_shape_equals_the_design() -> None:
-    assert table_edges() == DESIGN_EDGES
+    assert [edge for edge in table_edges() if edge not in EXTRA_EDGES] == DESIGN_EDGES
+    assert set(table_edges()) - set(DESIGN_EDGES) == set(EXTRA_EDGES)
     assert TRIGGERS == DESIGN_TRIGGERS
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+SHIPPED_DESIGN = REPOSITORY / "docs" / "design-machine.md"
+"""The design page's machine section, shipped with the code so this comparison runs in every checkout."""
+
+
 def _design_md() -> Path | None:
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (os.environ.get("EXITGUARD_DESIGN_MD"), here / "DESIGN.md", here / "docs" / "DESIGN.md",
-                      here.parent / "shared" / "DESIGN.md"):
+    for candidate in (os.environ.get("EXITGUARD_DESIGN_MD"), REPOSITORY.parent / "shared" / "DESIGN.md"):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     return None
@@ -328,11 +345,16 @@ def parse_design_table(text: str) -> list[tuple[str, str, str]]:
     return edges
 
 
-def test_table_shape_equals_design_md_when_present() -> None:
+def test_table_shape_equals_the_shipped_design_table() -> None:
+    assert parse_design_table(SHIPPED_DESIGN.read_text(encoding="utf-8")) == DESIGN_EDGES
+
+
+def test_the_shipped_design_table_is_the_design_pages_own_when_present() -> None:
     path = _design_md()
     if path is None:
-        pytest.skip("DESIGN.md not found next to the repository (set EXITGUARD_DESIGN_MD)")
-    assert parse_design_table(path.read_text(encoding="utf-8")) == DESIGN_EDGES == table_edges()
+        pytest.skip("the design page is not next to this checkout (shared/DESIGN.md); the shipped copy was checked")
+    assert parse_design_table(path.read_text(encoding="utf-8")) == \
+        parse_design_table(SHIPPED_DESIGN.read_text(encoding="utf-8"))
 
 
 def test_no_auto_transitions_and_only_table_events() -> None:
@@ -358,8 +380,9 @@ def test_to_state_shortcuts_are_refused_by_fire() -> None:
 
 def test_allowed_triggers_follow_the_design() -> None:
     for state in State:
-        expected = tuple(dict.fromkeys(t for s, t, _ in DESIGN_EDGES if s == state))
-        assert states.allowed_triggers(state) == expected
+        expected = {t for s, t, _ in [*DESIGN_EDGES, *EXTRA_EDGES] if s == state}
+        allowed = states.allowed_triggers(state)
+        assert set(allowed) == expected and len(allowed) == len(expected)
     for state in states.FINAL_STATES:
         assert states.allowed_triggers(state) == ()
     assert states.FINAL_STATES == {C, R, D}
@@ -390,13 +413,23 @@ def assert_refused(record: PositionRecord, trigger: str, **data: object) -> None
     assert snapshot(record) == before
 
 
-def test_balance_fetched_unsettled_zero_is_refused() -> None:
-    """A zero inside the settlement window of the last buy is no exit: no edge takes it."""
+def test_balance_fetched_unsettled_zero_reopens_without_a_permit() -> None:
+    """A zero inside the settlement window of the last buy is no exit: back to OPEN, nothing to sell."""
     record = record_in("VERIFYING")
-    assert_refused(record, "balance_fetched", verdict=VERDICTS["unsettled"], verified_at=VERIFIED_AT)
+    assert fire(record, "balance_fetched", verdict=VERDICTS["unsettled"], verified_at=VERIFIED_AT) is O
+    assert (record.permit, record.inflight, record.sold) == (None, None, 0)
     # Outside the window the same zero is an "already exited".
+    record = record_in("VERIFYING")
     later = verdict(0, last_buy_at=NOW - WINDOW)
     assert fire(record, "balance_fetched", verdict=later, verified_at=VERIFIED_AT) is R
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(BalanceVerdict(BalanceKind.UNSETTLED_ZERO, TEN, 3 * MICRO, 0, 3 * MICRO), id="unsettled-with-shares"),
+])
+def test_balance_fetched_unsettled_with_shares_is_refused(bad: BalanceVerdict) -> None:
+    """Only a zero may be taken for a lagging cache: a nonzero "unsettled" verdict is inconsistent."""
+    assert_refused(record_in("VERIFYING"), "balance_fetched", verdict=bad, verified_at=VERIFIED_AT)
 
 
 @pytest.mark.parametrize(

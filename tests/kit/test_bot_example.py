@@ -26,7 +26,7 @@ from exitguard import ExitOutcome
 from exitguard.exchange.paper import PaperExchange, SellStatus
 from exitguard.pytest_plugin import FrozenClock, attempt_ids
 
-BOT_PATH = Path(__file__).resolve().parent.parent / "examples" / "bot.py"
+BOT_PATH = Path(__file__).resolve().parents[2] / "examples" / "bot.py"
 
 
 def load_bot() -> ModuleType:

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "embed.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "embed.py"
 
 pytest_plugins = ["pytester"]
 

@@ -187,6 +187,16 @@ async def test_close_frees_the_port_and_is_idempotent(clock: ManualClock) -> Non
                 await client.get(server.url)
 
 
+@pytest.mark.anyio
+async def test_the_server_thread_has_stopped_when_the_block_ends(clock: ManualClock) -> None:
+    async with ExitEngine(PaperExchange(clock=clock), clock=clock) as engine:
+        async with metrics_server(engine, port=0) as server, httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(server.url)).status_code == 200
+            name = f"exitguard-metrics:{server.port}"
+            assert name in [thread.name for thread in threading.enumerate()]
+        assert name not in [thread.name for thread in threading.enumerate()]
+
+
 def test_a_scrape_after_the_event_loop_ended_reads_the_engine_directly() -> None:
     clock = ManualClock()
 

@@ -8,7 +8,7 @@ from exitguard.cli.main import main
 from exitguard.states.diagram import DIAGRAMS, to_mermaid
 from exitguard.states.table import TABLE
 
-DIAGRAM_DIR = Path(__file__).resolve().parent.parent / "diagrams"
+DIAGRAM_DIR = Path(__file__).resolve().parents[2] / "diagrams"
 
 
 def test_committed_diagrams_match_the_machine() -> None:

@@ -34,10 +34,10 @@ from exitguard.position import Position
 from exitguard.pytest_plugin import FrozenClock
 from exitguard.telemetry.logs import EVENTS
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "log-events.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "log-events.md"
 
 EMITTED_ELSEWHERE: dict[str, str] = {
-    "recovery_reopened": "tests/test_journal.py: needs a journal left by an engine that died while verifying",
+    "recovery_reopened": "tests/engine/test_journal.py: needs a journal left by an engine that died while verifying",
 }
 """Event name -> why this run does not emit it (and what does), for events the paper run cannot produce."""
 

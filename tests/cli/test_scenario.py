@@ -137,6 +137,8 @@ MALFORMED_LINES = [
     pytest.param('{"op": "balance", "token": "T", "shares": "abc"}', "shares", id="shares-not-a-number"),
     pytest.param('{"op": "balance", "token": "T", "shares": "1.0000001"}', "shares", id="shares-sub-micro"),
     pytest.param('{"op": "balance", "token": "T", "shares": true}', "shares", id="shares-bool"),
+    pytest.param('{"op": "balance", "token": "T", "shares": "-5"}', "shares", id="shares-negative-balance"),
+    pytest.param('{"op": "track", "key": "p9", "token": "U", "shares": "-5"}', "shares", id="shares-negative-track"),
     pytest.param('{"op": "balance", "token": "", "shares": "10"}', "token", id="empty-token"),
     pytest.param('{"op": "exit", "key": "p1", "reason": "r", "limit_price": "1.5"}', "limit_price",
                  id="price-above-one"),
@@ -185,6 +187,7 @@ def test_malformed_line_names_source_line_and_field(line: str, field: str) -> No
     pytest.param('{"op": "engine", "max_attempts": 0}', "max_attempts", id="attempts-zero"),
     pytest.param('{"op": "engine", "step_ticks": -1}', "step_ticks", id="step-negative"),
     pytest.param('{"op": "engine", "max_slippage": "x"}', "max_slippage", id="slippage-not-a-number"),
+    pytest.param('{"op": "engine", "max_slippage": "-0.01"}', "max_slippage", id="slippage-negative"),
     pytest.param('{"op": "engine", "retries": 2}', "retries", id="unknown-field"),
 ])
 def test_malformed_engine_line_names_its_field(line: str, field: str) -> None:
@@ -215,23 +218,16 @@ def test_the_refused_value_appears_in_the_message() -> None:
     assert "'1.5'" in str(err)
 
 
-@pytest.mark.parametrize("line", [
-    pytest.param('{"op": "balance", "token": "T", "shares": 10.5}', id="shares"),
-    pytest.param('{"op": "exit", "key": "p1", "reason": "r", "limit_price": 0.55}', id="limit-price"),
-    pytest.param('{"op": "bids", "token": "T", "bids": [[0.6, "100"]]}', id="bid-price"),
+@pytest.mark.parametrize(("line", "field"), [
+    pytest.param('{"op": "balance", "token": "T", "shares": 10.5}', "shares", id="shares"),
+    pytest.param('{"op": "exit", "key": "p1", "reason": "r", "limit_price": 0.55}', "limit_price", id="limit-price"),
+    pytest.param('{"op": "bids", "token": "T", "bids": [[0.6, "100"]]}', "bids[0].price", id="bid-price"),
 ])
-def test_json_float_quantity_is_refused_naming_source_and_line(line: str) -> None:
+def test_json_float_quantity_is_refused_naming_source_line_and_field(line: str, field: str) -> None:
     err = parse_error(line)
 
-    assert (err.source, err.line) == (SOURCE, BAD_LINE)
-    assert str(err).startswith(f"{SOURCE}:{BAD_LINE}:")
+    assert_names(err, BAD_LINE, field)
     assert "JSON float" in str(err)
-
-
-def test_json_float_quantity_error_names_the_field() -> None:
-    err = parse_error('{"op": "balance", "token": "T", "shares": 10.5}')
-
-    assert_names(err, BAD_LINE, "shares")
 
 
 @pytest.mark.parametrize("line", [
@@ -254,29 +250,17 @@ def test_whole_seconds_fault_parses() -> None:
     ]
 
 
-@pytest.mark.parametrize(("line", "field"), [
-    pytest.param('{"op": "balance", "token": "T", "shares": "-5"}', "shares", id="negative-balance"),
-    pytest.param('{"op": "track", "key": "p9", "token": "U", "shares": "-5"}', "shares", id="negative-track"),
-])
-def test_negative_quantity_is_refused_at_parse_time(line: str, field: str) -> None:
-    assert_names(parse_error(line), BAD_LINE, field)
-
-
-def test_load_scenario_of_a_missing_file_is_a_scenario_error(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.jsonl"
+@pytest.mark.parametrize("name", [pytest.param("nope.jsonl", id="missing-file"), pytest.param(".", id="directory")])
+def test_load_scenario_of_an_unreadable_path_is_a_scenario_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
 
     with pytest.raises(ScenarioError) as caught:
-        load_scenario(missing)
+        load_scenario(path)
 
-    assert caught.value.source == str(missing)
+    assert caught.value.source == str(path)
     assert caught.value.field == "<file>"
-    assert str(caught.value).startswith(f"{missing}:")
+    assert str(caught.value).startswith(f"{path}:")
     assert "cannot read" in str(caught.value)
-
-
-def test_load_scenario_of_a_directory_is_a_scenario_error(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="cannot read"):
-        load_scenario(tmp_path)
 
 
 def test_load_scenario_names_the_file_in_line_errors(tmp_path: Path) -> None:
@@ -421,48 +405,33 @@ async def test_run_scenario_bundled_demo_final_states() -> None:
 
 
 @pytest.mark.anyio
-async def test_exit_of_a_closed_position_stops_the_run_naming_the_line() -> None:
-    text = PREFIX + (
+@pytest.mark.parametrize(("steps", "line", "field", "says", "sold", "held"), [
+    pytest.param(
         '{"op": "bids", "token": "T", "bids": [["0.60", "100"]]}\n'
         '{"op": "exit", "key": "p1", "reason": "r", "limit_price": "0.55"}\n'
         '{"op": "exit", "key": "p1", "reason": "again", "limit_price": "0.55"}\n'
-        '{"op": "balance", "token": "T", "shares": "99"}\n'
-    )
-    paper = PaperExchange()
-
-    with pytest.raises(ScenarioError) as caught:
-        await run_scenario(parse_scenario(text, SOURCE), exchange=paper, source=SOURCE)
-
-    assert_names(caught.value, 7, "key")
-    assert "CLOSED" in str(caught.value)
-    assert len(paper.sells) == 1
-    assert paper.balance("T") == 0  # line 8 never ran
-
-
-@pytest.mark.anyio
-async def test_limit_price_off_tick_stops_the_run_naming_the_line() -> None:
-    text = PREFIX + (
+        '{"op": "balance", "token": "T", "shares": "99"}\n',  # line 8: never runs
+        7, "key", "CLOSED", 1, "0", id="exit-of-a-closed-position"),
+    pytest.param(
         '{"op": "market", "token": "T", "tick_size": "0.1"}\n'
         '{"op": "bids", "token": "T", "bids": [["0.60", "100"]]}\n'
-        '{"op": "exit", "key": "p1", "reason": "r", "limit_price": "0.55"}\n'
-    )
+        '{"op": "exit", "key": "p1", "reason": "r", "limit_price": "0.55"}\n',
+        7, "limit_price", "0.55", 0, "10", id="limit-price-off-tick"),
+    pytest.param(
+        '{"op": "track", "key": "p2", "token": "T", "shares": "5"}\n',
+        BAD_LINE, "key", "'p1'", 0, "10", id="tracking-a-held-token-again"),
+])
+async def test_step_refused_at_run_time_stops_the_run_naming_the_line(
+        steps: str, line: int, field: str, says: str, sold: int, held: str) -> None:
     paper = PaperExchange()
 
     with pytest.raises(ScenarioError) as caught:
-        await run_scenario(parse_scenario(text, SOURCE), exchange=paper, source=SOURCE)
+        await run_scenario(parse_scenario(PREFIX + steps, SOURCE), exchange=paper, source=SOURCE)
 
-    assert_names(caught.value, 7, "limit_price")
-    assert paper.sells == []
-
-
-@pytest.mark.anyio
-async def test_tracking_a_held_token_again_stops_the_run_naming_the_line() -> None:
-    text = PREFIX + '{"op": "track", "key": "p2", "token": "T", "shares": "5"}\n'
-
-    with pytest.raises(ScenarioError) as caught:
-        await run_scenario(parse_scenario(text, SOURCE), source=SOURCE)
-
-    assert_names(caught.value, BAD_LINE, "key")
+    assert_names(caught.value, line, field)
+    assert says in str(caught.value)
+    assert len(paper.sells) == sold
+    assert paper.balance("T") == Decimal(held)
 
 
 @pytest.mark.anyio
@@ -473,14 +442,6 @@ async def test_run_scenario_refusal_uses_the_default_source_name() -> None:
         await run_scenario(parse_scenario(text, SOURCE))
 
     assert str(caught.value).startswith(f"<scenario>:{BAD_LINE}:")
-
-
-@pytest.mark.anyio
-async def test_engine_line_with_negative_slippage_is_a_scenario_error() -> None:
-    with pytest.raises(ScenarioError) as caught:
-        parse_scenario('{"op": "engine", "max_slippage": "-0.01"}\n', SOURCE)  # refused before anything runs
-
-    assert_names(caught.value, 1, "max_slippage")
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -553,27 +514,23 @@ def test_cli_run_of_the_demo_prints_the_outcome_counts(
         assert f"{outcome} " in counts[0]
 
 
-def test_cli_run_of_a_bad_file_exits_two_naming_line_and_field(
-        cli_logging: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(PREFIX + '{"op": "balance", "token": "T", "shares": "ten"}\n', encoding="utf-8")
+@pytest.mark.parametrize(("text", "names"), [
+    pytest.param(PREFIX + '{"op": "balance", "token": "T", "shares": "ten"}\n', [f"{{path}}:{BAD_LINE}:", "'shares'"],
+                 id="bad-line"),
+    pytest.param(None, ["{path}"], id="missing-file"),
+])
+def test_cli_run_of_an_unreadable_scenario_exits_two_with_nothing_on_stdout(
+        cli_logging: None, capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str | None,
+        names: list[str]) -> None:
+    path = tmp_path / "scenario.jsonl"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
 
-    assert main(["run", str(bad)]) == 2
+    assert main(["run", str(path)]) == 2
     captured = capsys.readouterr()
 
-    assert f"{bad}:{BAD_LINE}:" in captured.err
-    assert "'shares'" in captured.err
-    assert captured.out == ""
-
-
-def test_cli_run_of_a_missing_file_exits_two(
-        cli_logging: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    missing = tmp_path / "missing.jsonl"
-
-    assert main(["run", str(missing)]) == 2
-    captured = capsys.readouterr()
-
-    assert str(missing) in captured.err
+    for name in names:
+        assert name.format(path=path) in captured.err
     assert captured.out == ""
 
 

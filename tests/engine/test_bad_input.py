@@ -62,50 +62,28 @@ MALFORMED_BALANCES = [
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("raw", MALFORMED_BALANCES)
-async def test_malformed_balance_fails_verification_naming_field_and_value(
+async def test_malformed_balance_fails_verification_naming_it_and_sells_nothing_until_it_is_good(
         exchange: PaperExchange, clock: ManualClock, raw: object) -> None:
     exchange.corrupt_next_balance("tok", raw)
     async with ExitEngine(exchange, clock=clock) as engine:
         engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
 
-        result = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
+        refused = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
 
-        assert result.outcome is ExitOutcome.VERIFY_FAILED
-        assert result.error is not None
-        assert "balance" in result.error and "tok" in result.error
-        assert repr(raw) in result.error
-        assert result.shares_sold == 0
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("raw", MALFORMED_BALANCES)
-async def test_malformed_balance_reopens_the_position_and_sends_no_sell(
-        exchange: PaperExchange, clock: ManualClock, raw: object) -> None:
-    exchange.corrupt_next_balance("tok", raw)
-    async with ExitEngine(exchange, clock=clock) as engine:
-        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
-
-        await engine.exit("p1", reason="take_profit", limit_price=PRICE)
-
+        assert refused.outcome is ExitOutcome.VERIFY_FAILED
+        assert refused.error is not None
+        assert "balance" in refused.error and "tok" in refused.error
+        assert repr(raw) in refused.error
+        assert refused.shares_sold == 0
         assert engine.state("p1") == "OPEN"
         assert exchange.sells == []
         assert "sell" not in sent(exchange)
         assert exchange.balance("tok") == Decimal("10")
 
+        retried = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("raw", MALFORMED_BALANCES)
-async def test_exit_after_a_malformed_balance_works_once_the_balance_is_good(
-        exchange: PaperExchange, clock: ManualClock, raw: object) -> None:
-    exchange.corrupt_next_balance("tok", raw)
-    async with ExitEngine(exchange, clock=clock) as engine:
-        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
-        await engine.exit("p1", reason="take_profit", limit_price=PRICE)
-
-        result = await engine.exit("p1", reason="take_profit", limit_price=PRICE)
-
-        assert result.outcome is ExitOutcome.CLOSED
-        assert result.shares_sold == Decimal("10")
+        assert retried.outcome is ExitOutcome.CLOSED
+        assert retried.shares_sold == Decimal("10")
         assert engine.state("p1") == "CLOSED"
         assert len(exchange.sells) == 1
 
@@ -166,7 +144,7 @@ BAD_PRICES = [
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("price", BAD_PRICES)
-async def test_bad_limit_price_is_refused_naming_limit_price(
+async def test_bad_limit_price_is_refused_naming_it_and_leaves_the_position_open_with_nothing_sent(
         exchange: PaperExchange, clock: ManualClock, price: object) -> None:
     async with ExitEngine(exchange, clock=clock) as engine:
         engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
@@ -177,18 +155,6 @@ async def test_bad_limit_price_is_refused_naming_limit_price(
         assert caught.value.field == "limit_price"
         assert caught.value.value is price
         assert_names(caught.value, "limit_price", price)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("price", BAD_PRICES)
-async def test_bad_limit_price_leaves_the_position_open_and_sends_nothing(
-        exchange: PaperExchange, clock: ManualClock, price: object) -> None:
-    async with ExitEngine(exchange, clock=clock) as engine:
-        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
-
-        with pytest.raises(InvalidValue):
-            await engine.exit("p1", reason="take_profit", limit_price=price)  # type: ignore[arg-type]
-
         assert engine.state("p1") == "OPEN"
         assert exchange.calls == []
         assert exchange.sells == []
@@ -313,29 +279,22 @@ def test_position_accepts_exact_shares_and_an_aware_last_buy() -> None:
 
 
 @pytest.mark.anyio
-async def test_second_live_position_on_the_same_token_conflicts(exchange: PaperExchange, clock: ManualClock) -> None:
+@pytest.mark.parametrize(("second", "field", "value"), [
+    pytest.param(Position(key="p2", token_id="tok", shares=Decimal("5")), "token_id", "tok", id="same-token"),
+    pytest.param(Position(key="p1", token_id="other", shares=Decimal("5")), "key", "p1", id="same-key"),
+])
+async def test_second_live_position_conflicting_with_the_first_is_refused_naming_it(
+        exchange: PaperExchange, clock: ManualClock, second: Position, field: str, value: str) -> None:
     async with ExitEngine(exchange, clock=clock) as engine:
         engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
 
         with pytest.raises(PositionConflict) as caught:
-            engine.track(Position(key="p2", token_id="tok", shares=Decimal("5")))
+            engine.track(second)
 
-        assert_names(caught.value, "token_id", "tok")
+        assert_names(caught.value, field, value)
         assert "'p1'" in str(caught.value)
         assert engine.states() == {"p1": "OPEN"}
         assert exchange.calls == []
-
-
-@pytest.mark.anyio
-async def test_second_position_with_the_same_key_conflicts(exchange: PaperExchange, clock: ManualClock) -> None:
-    async with ExitEngine(exchange, clock=clock) as engine:
-        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
-
-        with pytest.raises(PositionConflict) as caught:
-            engine.track(Position(key="p1", token_id="other", shares=Decimal("5")))
-
-        assert_names(caught.value, "key", "p1")
-        assert engine.states() == {"p1": "OPEN"}
         await engine.exit("p1", reason="take_profit", limit_price=PRICE)
         assert [call.token_id for call in exchange.calls if call.operation == "sell"] == ["tok"]
 
@@ -384,26 +343,21 @@ async def test_exit_on_a_finished_position_is_refused_naming_key_and_state(
 
 
 @pytest.mark.anyio
-async def test_engine_used_before_async_with_is_closed(exchange: PaperExchange, clock: ManualClock) -> None:
+@pytest.mark.parametrize("after_the_block", [False, True], ids=["before-async-with", "after-async-with"])
+async def test_engine_used_outside_async_with_is_closed(
+        exchange: PaperExchange, clock: ManualClock, after_the_block: bool) -> None:
     engine = ExitEngine(exchange, clock=clock)
-    engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+    if after_the_block:
+        async with engine:
+            engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
+    else:
+        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
 
     with pytest.raises(EngineClosed, match="async with"):
         await engine.exit("p1", reason="take_profit", limit_price=PRICE)
     with pytest.raises(EngineClosed):
         await engine.reconcile("p1")
 
-    assert engine.state("p1") == "OPEN"
-    assert exchange.calls == []
-
-
-@pytest.mark.anyio
-async def test_engine_used_after_async_with_is_closed(exchange: PaperExchange, clock: ManualClock) -> None:
-    async with ExitEngine(exchange, clock=clock) as engine:
-        engine.track(Position(key="p1", token_id="tok", shares=Decimal("10")))
-
-    with pytest.raises(EngineClosed):
-        await engine.exit("p1", reason="take_profit", limit_price=PRICE)
     assert engine.state("p1") == "OPEN"
     assert exchange.calls == []
 
@@ -419,15 +373,6 @@ async def test_engine_entered_twice_at_once_is_refused(exchange: PaperExchange, 
 # -- construction ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("journal", ["", ":memory:", 0, False, 1.5, b"x.db"])
-def test_engine_refuses_a_journal_that_is_not_a_file_path_naming_it(exchange: PaperExchange, journal: object) -> None:
-    with pytest.raises(InvalidValue) as caught:
-        ExitEngine(exchange, journal=journal)
-
-    assert caught.value.field == "journal"
-    assert_names(caught.value, "journal", journal)
-
-
 @pytest.mark.parametrize(("field", "value"), [
     pytest.param("max_concurrent_exits", 0, id="no-concurrency"),
     pytest.param("max_concurrent_exits", 2.5, id="fractional-concurrency"),
@@ -439,8 +384,14 @@ def test_engine_refuses_a_journal_that_is_not_a_file_path_naming_it(exchange: Pa
     pytest.param("sell_timeout", -5, id="sell-timeout-negative"),
     pytest.param("verify_timeout", "10", id="verify-timeout-string"),
     pytest.param("settlement_window", 60, id="settlement-window-int"),
+    pytest.param("journal", "", id="journal-empty"),
+    pytest.param("journal", ":memory:", id="journal-memory"),
+    pytest.param("journal", 0, id="journal-zero"),
+    pytest.param("journal", False, id="journal-false"),
+    pytest.param("journal", 1.5, id="journal-float"),
+    pytest.param("journal", b"x.db", id="journal-bytes"),
 ])
-def test_engine_refuses_bad_settings_naming_field_and_value(
+def test_engine_refuses_bad_settings_and_journals_naming_field_and_value(
         exchange: PaperExchange, field: str, value: object) -> None:
     with pytest.raises(InvalidValue) as caught:
         ExitEngine(exchange, **{field: value})  # type: ignore[arg-type]

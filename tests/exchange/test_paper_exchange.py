@@ -6,7 +6,9 @@ a balance read and each injected fault. No real sleeps: latency is observed by r
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from decimal import Decimal
+from typing import NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -125,29 +127,6 @@ async def test_fok_fills_against_a_bid_exactly_at_the_limit(clock: ManualClock) 
 
 
 @pytest.mark.anyio
-async def test_fok_is_killed_when_liquidity_at_or_above_limit_is_short(paper: PaperExchange) -> None:
-    # 4 + 5 shares rest at or above 0.61; the 100 at 0.60 and 0.55 are below the limit.
-    with pytest.raises(OrderKilled) as caught:
-        await paper.sell(make_permit("10"), Decimal("0.61"))
-
-    assert str(caught.value) == "order couldn't be fully filled. FOK orders are fully filled or killed."
-    assert str(caught.value) == KILLED_MESSAGE
-    assert caught.value.status == 400
-    assert caught.value.definitely_not_filled is True
-
-
-@pytest.mark.anyio
-async def test_killed_fok_consumes_no_bids_and_leaves_the_balance(paper: PaperExchange) -> None:
-    book = paper.bids(TOKEN)
-    with pytest.raises(OrderKilled):
-        await paper.sell(make_permit("10"), Decimal("0.61"))
-
-    assert paper.bids(TOKEN) == book
-    assert paper.balance(TOKEN) == Decimal("20")
-    assert await paper.get_balance(TOKEN) == "20000000"
-
-
-@pytest.mark.anyio
 async def test_fok_with_no_book_at_all_is_killed(clock: ManualClock) -> None:
     paper = PaperExchange(clock=clock)
     paper.set_balance(TOKEN, "10")
@@ -161,17 +140,6 @@ async def test_fok_with_no_book_at_all_is_killed(clock: ManualClock) -> None:
 
 
 @pytest.mark.anyio
-async def test_sell_off_the_default_tick_is_rejected(paper: PaperExchange) -> None:
-    with pytest.raises(OrderRejected) as caught:
-        await paper.sell(make_permit("10"), Decimal("0.555"))
-
-    assert "tick size" in str(caught.value)
-    assert "0.555" in str(caught.value)
-    assert caught.value.status == 400
-    assert caught.value.definitely_not_filled is True
-
-
-@pytest.mark.anyio
 async def test_sell_off_a_coarser_market_tick_is_rejected(paper: PaperExchange) -> None:
     paper.set_market(TOKEN, tick_size="0.1")
 
@@ -182,36 +150,12 @@ async def test_sell_off_a_coarser_market_tick_is_rejected(paper: PaperExchange) 
 
 
 @pytest.mark.anyio
-async def test_sell_below_the_minimum_order_size_is_rejected(paper: PaperExchange) -> None:
-    with pytest.raises(OrderRejected, match="lower than the minimum: 5"):
-        await paper.sell(make_permit("4.99", verified="20"), Decimal("0.60"))
-
-
-@pytest.mark.anyio
 async def test_market_minimum_order_size_is_per_token(paper: PaperExchange) -> None:
     paper.set_market(TOKEN, min_order_size="2")
 
     fill = await paper.sell(make_permit("3", verified="20"), Decimal("0.60"))
 
     assert fill.shares == 3_000_000
-
-
-@pytest.mark.anyio
-async def test_sell_off_the_size_step_is_rejected(paper: PaperExchange) -> None:
-    with pytest.raises(OrderRejected, match="steps of 0.01"):
-        await paper.sell(make_permit("5.005", verified="20"), Decimal("0.60"))
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize(("shares", "price"), [("10", "0.555"), ("4", "0.60"), ("5.005", "0.60")],
-                         ids=["off-tick", "below-minimum", "off-step"])
-async def test_rejected_sell_consumes_nothing(paper: PaperExchange, shares: str, price: str) -> None:
-    book = paper.bids(TOKEN)
-    with pytest.raises(OrderRejected):
-        await paper.sell(make_permit(shares, verified="20"), Decimal(price))
-
-    assert paper.bids(TOKEN) == book
-    assert paper.balance(TOKEN) == Decimal("20")
 
 
 @pytest.mark.anyio
@@ -234,29 +178,57 @@ async def test_get_balance_answers_raw_six_decimal_units_as_a_string(paper: Pape
     assert await paper.get_balance("never-held") == "0"
 
 
+# -- definite refusals ------------------------------------------------------------------------------
+
+
+class Refusal(NamedTuple):
+    """A sell the exchange answers with a definite no (HTTP 400), and what its message says."""
+
+    balance: str
+    shares: str
+    limit_price: str
+    error: type[ExchangeError]
+    says: tuple[str, ...]
+    """Words the message contains; with `word_for_word`, the one message it is, in the exchange's wording."""
+    word_for_word: bool = False
+
+
+REFUSALS = [
+    # 4 + 5 shares rest at or above 0.61; the 100 at 0.60 and 0.55 are below the limit.
+    pytest.param(Refusal("20", "10", "0.61", OrderKilled, (KILLED_MESSAGE,), word_for_word=True),
+                 id="killed-short-liquidity"),
+    pytest.param(Refusal("20", "10", "0.555", OrderRejected, ("tick size", "0.555")), id="off-default-tick"),
+    pytest.param(Refusal("20", "4.99", "0.60", OrderRejected, ("lower than the minimum: 5",)), id="below-minimum"),
+    pytest.param(Refusal("20", "4", "0.60", OrderRejected, ("lower than the minimum: 5",)), id="below-minimum-whole"),
+    pytest.param(Refusal("20", "5.005", "0.60", OrderRejected, ("steps of 0.01",)), id="off-size-step"),
+    pytest.param(Refusal("8", "10", "0.60", InsufficientBalance, (NO_BALANCE_MESSAGE,), word_for_word=True),
+                 id="above-the-balance"),
+]
+
+
 @pytest.mark.anyio
-async def test_sell_above_the_balance_is_refused_with_not_enough_balance(paper: PaperExchange) -> None:
-    paper.set_balance(TOKEN, "8")
-
-    with pytest.raises(InsufficientBalance) as caught:
-        await paper.sell(make_permit("10"), Decimal("0.60"))
-
-    assert str(caught.value) == "not enough balance / allowance"
-    assert str(caught.value) == NO_BALANCE_MESSAGE
-    assert caught.value.status == 400
-    assert caught.value.definitely_not_filled is True
-
-
-@pytest.mark.anyio
-async def test_sell_above_the_balance_consumes_nothing(paper: PaperExchange) -> None:
-    paper.set_balance(TOKEN, "8")
+@pytest.mark.parametrize("refusal", REFUSALS)
+async def test_refused_sell_is_a_definite_400_that_consumes_nothing(paper: PaperExchange, refusal: Refusal) -> None:
+    paper.set_balance(TOKEN, refusal.balance)
     book = paper.bids(TOKEN)
 
-    with pytest.raises(InsufficientBalance):
-        await paper.sell(make_permit("10"), Decimal("0.60"))
+    with pytest.raises(refusal.error) as caught:
+        await paper.sell(make_permit(refusal.shares), Decimal(refusal.limit_price))
 
-    assert paper.balance(TOKEN) == Decimal("8")
+    if refusal.word_for_word:
+        assert (str(caught.value),) == refusal.says
+    for words in refusal.says:
+        assert words in str(caught.value)
+    assert caught.value.status == 400
+    assert caught.value.definitely_not_filled is True
     assert paper.bids(TOKEN) == book
+    assert paper.balance(TOKEN) == Decimal(refusal.balance)
+    assert await paper.get_balance(TOKEN) == str(shares_to_micro(refusal.balance))
+
+
+def test_refusal_messages_are_the_exchange_wording() -> None:
+    assert KILLED_MESSAGE == "order couldn't be fully filled. FOK orders are fully filled or killed."
+    assert NO_BALANCE_MESSAGE == "not enough balance / allowance"
 
 
 # -- what the exchange records ----------------------------------------------------------------------
@@ -319,37 +291,26 @@ async def test_sells_record_every_sell_received_with_its_status(paper: PaperExch
 
 
 @pytest.mark.anyio
-async def test_a_permit_reused_is_refused_and_nothing_sold(paper: PaperExchange) -> None:
-    permit = make_permit("5", verified="20")
-    await paper.sell(permit, Decimal("0.60"))
+@pytest.mark.parametrize(("shares", "first_price", "first_error", "second", "second_price", "held"), [
+    pytest.param("5", "0.60", None, "same", "0.60", "15", id="reused-after-a-fill"),
+    pytest.param("10", "0.62", OrderKilled, "same", "0.55", "20", id="reused-after-a-kill"),
+    pytest.param("5", "0.60", None, "copy", "0.60", "15", id="copied-after-a-fill"),
+])
+async def test_a_spent_permit_is_refused_and_nothing_sold(
+        paper: PaperExchange, shares: str, first_price: str, first_error: type[Exception] | None, second: str,
+        second_price: str, held: str) -> None:
+    permit = make_permit(shares, verified="20", attempt_id="same")
+    with pytest.raises(first_error) if first_error else nullcontext():
+        await paper.sell(permit, Decimal(first_price))
     balance, book = paper.balance(TOKEN), paper.bids(TOKEN)
+    again = permit if second == "same" else make_permit(shares, verified="20", attempt_id="same")
 
     with pytest.raises(PermitError, match="already used"):
-        await paper.sell(permit, Decimal("0.60"))
+        await paper.sell(again, Decimal(second_price))
 
-    assert paper.balance(TOKEN) == balance == Decimal("15")
+    assert paper.balance(TOKEN) == balance == Decimal(held)
     assert paper.bids(TOKEN) == book
     assert len(paper.sells) == 1
-
-
-@pytest.mark.anyio
-async def test_a_permit_is_spent_by_a_killed_sell_too(paper: PaperExchange) -> None:
-    permit = make_permit("10")
-    with pytest.raises(OrderKilled):
-        await paper.sell(permit, Decimal("0.62"))
-
-    with pytest.raises(PermitError):
-        await paper.sell(permit, Decimal("0.55"))
-    assert paper.balance(TOKEN) == Decimal("20")
-
-
-@pytest.mark.anyio
-async def test_a_copy_of_a_used_permit_is_refused(paper: PaperExchange) -> None:
-    await paper.sell(make_permit("5", verified="20", attempt_id="same"), Decimal("0.60"))
-
-    with pytest.raises(PermitError):
-        await paper.sell(make_permit("5", verified="20", attempt_id="same"), Decimal("0.60"))
-    assert paper.balance(TOKEN) == Decimal("15")
 
 
 @pytest.mark.anyio
@@ -436,23 +397,24 @@ async def test_a_failed_sell_executes_nothing(paper: PaperExchange) -> None:
     assert (await paper.lookup_sell(permit)).status is LookupStatus.NOT_FOUND
 
 
-@pytest.mark.parametrize("operation", ["buy", "post_order", "", "Sell"])
-def test_fail_next_refuses_an_unknown_operation_naming_it(paper: PaperExchange, operation: str) -> None:
+@pytest.mark.parametrize(("operation", "count", "field", "value"), [
+    pytest.param("buy", 1, "operation", "buy", id="operation-buy"),
+    pytest.param("post_order", 1, "operation", "post_order", id="operation-post-order"),
+    pytest.param("", 1, "operation", "", id="operation-empty"),
+    pytest.param("Sell", 1, "operation", "Sell", id="operation-capitalised"),
+    pytest.param("sell", 0, "count", 0, id="count-zero"),
+    pytest.param("sell", -1, "count", -1, id="count-negative"),
+    pytest.param("sell", 1.5, "count", 1.5, id="count-fractional"),
+    pytest.param("sell", "2", "count", "2", id="count-string"),
+])
+def test_fail_next_refuses_a_bad_argument_naming_it(
+        paper: PaperExchange, operation: str, count: object, field: str, value: object) -> None:
     with pytest.raises(InvalidValue) as caught:
-        paper.fail_next(operation)
+        paper.fail_next(operation, count)  # type: ignore[arg-type]
 
-    assert caught.value.field == "operation"
-    assert caught.value.value == operation
-    assert "operation" in str(caught.value) and repr(operation) in str(caught.value)
-
-
-@pytest.mark.parametrize("count", [0, -1, 1.5, "2"])
-def test_fail_next_refuses_a_bad_count(paper: PaperExchange, count: object) -> None:
-    with pytest.raises(InvalidValue) as caught:
-        paper.fail_next("sell", count)  # type: ignore[arg-type]
-
-    assert caught.value.field == "count"
-    assert repr(count) in str(caught.value)
+    assert caught.value.field == field
+    assert caught.value.value == value
+    assert field in str(caught.value) and repr(value) in str(caught.value)
 
 
 @pytest.mark.anyio

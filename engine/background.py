@@ -1,0 +1,140 @@
+"""Work that runs beside the exits, in the engine's task group: market warm-ups and settlement following.
+
+Neither decides a state by itself: a warm-up only saves the first exit its look-ups, and a settlement
+answer is recorded through the position book like any other change.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from exitguard.book import PositionBook
+from exitguard.errors import ExchangeError, PositionConflict
+from exitguard.exchange.port import Exchange, Fill, SettlementStatus
+from exitguard.position import Position
+from exitguard.reports import Reporter
+from exitguard.states import PositionRecord, micro_to_shares
+from exitguard.telemetry.divergence import DivergenceKind
+from exitguard.telemetry.logs import emit
+
+WARM_UP_WORKERS = 8
+
+
+class WarmUps:
+    """Asks the exchange adapter to look a market up when its position is tracked, so that the first
+    exit does not pay for the look-ups (three round trips on a cold Polymarket token)."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self._queue: MemoryObjectSendStream[str] | None = None
+        self._loop_thread: int | None = None
+
+    @contextmanager
+    def running(self, group: anyio.abc.TaskGroup, tokens: list[str]) -> Iterator[None]:
+        """Warm `tokens`, then every token `request`ed, until the block ends (the workers run in `group`)."""
+        # A queue and a few workers, not a task per position: a task costs ~45 us and ~1 KB, which at
+        # 100,000 positions is seconds and a hundred megabytes.
+        queue, to_warm = anyio.create_memory_object_stream[str](math.inf)
+        self._loop_thread = threading.get_ident()
+        for _ in range(WARM_UP_WORKERS):
+            group.start_soon(self._worker, to_warm.clone())
+        to_warm.close()
+        for token in tokens:
+            queue.send_nowait(token)
+        self._queue = queue
+        try:
+            yield
+        finally:
+            self._queue = None
+            queue.close()
+
+    def request(self, token: str) -> None:
+        """Warm the token's market, if the engine is running and this is its event loop's thread."""
+        if self._queue is None:
+            return
+        if threading.get_ident() != self._loop_thread:
+            # track() called from outside the engine's event loop (another thread): no warm-up; the first
+            # exit looks the market up itself.
+            return
+        self._queue.send_nowait(token)
+
+    async def _worker(self, tokens: MemoryObjectReceiveStream[str]) -> None:
+        async with tokens:
+            async for token in tokens:
+                await self._warm_up(token)
+
+    async def _warm_up(self, token: str) -> None:
+        try:
+            await self.exchange.warm_up(token)
+        except Exception as err:  # noqa: BLE001 - a failed warm-up only means the first exit looks up itself
+            emit("market_warm_up_failed", token=token, error=str(err) or type(err).__name__,
+                 error_type=type(err).__name__)
+
+
+class Settlements:
+    """Filled sales that are matched on the book but not yet settled on chain, followed until the
+    exchange says how they ended. A failed settlement returns the shares to the wallet: it is a
+    divergence, and the returned shares become a new OPEN position to exit (through `track`)."""
+
+    def __init__(self, exchange: Exchange, book: PositionBook, report: Reporter,
+                 track: Callable[[Position], None], timeout: float) -> None:
+        self.exchange = exchange
+        self.book = book
+        self.report = report
+        self.track = track
+        self.timeout = timeout
+        self._returned = 0
+
+    def follow(self, record: PositionRecord, fill: Fill) -> None:
+        self.book.follow_settlement(record, fill)
+
+    async def poll(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            if self.book.unsettled():
+                await self.check()
+
+    async def check(self) -> dict[str, SettlementStatus]:
+        """Ask the exchange once where each unsettled sale stands."""
+        answers: dict[str, SettlementStatus] = {}
+        for record, fill in self.book.settling():
+            key = record.key
+            try:
+                with anyio.fail_after(self.timeout):
+                    settlement = await self.exchange.settlement(fill)
+            except (ExchangeError, TimeoutError) as err:
+                emit("settlement_check_failed", key=key, token=record.token_id, order_id=fill.order_id,
+                     error=str(err) or type(err).__name__, error_type=type(err).__name__)
+                continue
+            answers[key] = settlement.status
+            if settlement.status is SettlementStatus.PENDING:
+                continue
+            self.book.end_settlement(record, str(settlement.status))
+            if settlement.status is SettlementStatus.SETTLED:
+                emit("exit_settled", key=key, token=record.token_id, order_id=fill.order_id,
+                     shares=micro_to_shares(fill.shares))
+                continue
+            self._failed(record, fill, settlement.returned_shares or fill.shares)
+        return answers
+
+    def _failed(self, record: PositionRecord, fill: Fill, returned: int) -> None:
+        self.report.diverge(DivergenceKind.SETTLEMENT_FAILED, record, fill.shares, fill.shares - returned)
+        self._returned += 1
+        new_key = f"{record.key}~returned-{self._returned}"
+        fields = {"key": record.key, "token": record.token_id, "order_id": fill.order_id,
+                  "sold": micro_to_shares(fill.shares), "returned": micro_to_shares(returned)}
+        try:
+            self.track(Position(key=new_key, token_id=record.token_id, shares=micro_to_shares(returned)))
+        except PositionConflict as err:
+            # Another live position already holds the token; its next verification sees these shares
+            # in the balance (a mismatch it sells), so nothing is lost, but an operator should know.
+            emit("exit_settlement_failed", **fields, returned_position=None, error=str(err))
+            return
+        emit("exit_settlement_failed", **fields, returned_position=new_key, error=None)

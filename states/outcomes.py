@@ -1,0 +1,82 @@
+"""What each transition means to the bot and the operator: one row per (trigger, destination).
+
+The engine fires a trigger, then reads the row for the edge it took: the log event to emit, the kind of
+divergence to record (memory and exchange disagreed), and the outcome `exit()` returns. No engine code
+picks an event or an outcome by looking at the new state; a new edge without a row here fails a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from exitguard.states.record import State
+
+
+class ExitOutcome(StrEnum):
+    CLOSED = "CLOSED"
+    """Sold: the FOK filled (or a lookup found that it had)."""
+    ALREADY_EXITED = "ALREADY_EXITED"
+    """The exchange shows no shares: cleaned up without a sell."""
+    DUST = "DUST"
+    """A balance below the minimum order remains; nothing could be sold."""
+    NOT_FILLED = "NOT_FILLED"
+    """The exchange definitely sold nothing; the position is OPEN again."""
+    VERIFY_FAILED = "VERIFY_FAILED"
+    """The balance could not be verified; nothing was sent; the position is OPEN."""
+    IN_PROGRESS = "IN_PROGRESS"
+    """Another exit of this position is in flight; this call did nothing."""
+    UNKNOWN = "UNKNOWN"
+    """The sell may or may not have executed; the position stays SELLING until reconciled."""
+
+
+class DivergenceKind(StrEnum):
+    """Each way memory and the exchange can disagree. Counted by the divergence detector."""
+
+    BALANCE_MISMATCH = "balance_mismatch"
+    ALREADY_EXITED = "already_exited"
+    DUST = "dust"
+    UNKNOWN_OUTCOME = "unknown_outcome"
+    UNKNOWN_OUTCOME_RESOLVED = "unknown_outcome_resolved"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    FILL_MISMATCH = "fill_mismatch"
+    SETTLEMENT_FAILED = "settlement_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    event: str | None
+    """The log event (engine/telemetry/logs.py EVENTS) that says what happened; None: nothing to say yet."""
+    divergence: DivergenceKind | None
+    outcome: ExitOutcome | None
+    """What `exit()` / `reconcile()` returns when it ends on this edge; None: the exit goes on."""
+
+
+O, V, S, C, R, D = State.OPEN, State.VERIFYING, State.SELLING, State.CLOSED, State.RECONCILED, State.DUST
+K = DivergenceKind
+X = ExitOutcome
+
+REPORTS: dict[tuple[str, State], Report] = {
+    ("request_exit", V): Report(None, None, None),
+    ("balance_fetched", R): Report("exit_already_complete", K.ALREADY_EXITED, X.ALREADY_EXITED),
+    # A mismatch on the way to SELLING is reported from the verdict (BALANCE_MISMATCH below), not the edge.
+    ("balance_fetched", S): Report(None, None, None),
+    ("balance_fetched", D): Report("exit_dust_residual", K.DUST, X.DUST),
+    # Zero inside the settlement window of the last buy: the cache may lag the buy. Not an exit, not a sell.
+    ("balance_fetched", O): Report("balance_verify_failed", None, X.VERIFY_FAILED),
+    ("verify_failed", O): Report("balance_verify_failed", None, X.VERIFY_FAILED),
+    ("sell_filled", C): Report("exit_filled", None, X.CLOSED),
+    # The answer class adds its own divergence (insufficient balance); the edge itself is a plain "no".
+    ("sell_killed", O): Report("exit_not_filled", None, X.NOT_FILLED),
+    ("sell_expired", O): Report("exit_permit_expired", None, X.NOT_FILLED),
+    ("sell_unknown", S): Report("exit_outcome_unknown", K.UNKNOWN_OUTCOME, X.UNKNOWN),
+    ("resolved_filled", C): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.CLOSED),
+    ("resolved_not_filled", O): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.NOT_FILLED),
+    ("resolved_gone", R): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.ALREADY_EXITED),
+}
+"""(trigger, destination) -> what the engine reports after firing it on an exit's path."""
+
+BALANCE_MISMATCH = Report("exit_balance_mismatch", K.BALANCE_MISMATCH, None)
+"""A sellable balance other than the expected shares: warn, and sell the verified balance."""
+FILL_MISMATCH = Report(None, K.FILL_MISMATCH, None)
+"""A fill of other than the permit's shares (a FOK fills whole: the exchange and we disagree)."""
