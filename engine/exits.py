@@ -20,6 +20,7 @@ from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import anyio
 
@@ -32,29 +33,31 @@ from exitguard.journal import Journal
 from exitguard.position import ExitOutcome, ExitResult, Position
 from exitguard.reconcile import Reconciler
 from exitguard.recovery import RecoverySummary, recover
-from exitguard.reports import Reporter, log_fields
+from exitguard.reports import Reporter, balance_facts, log_fields
 from exitguard.retry import RetryPolicy
 from exitguard.sell import Seller
 from exitguard.states import (
     DEFAULT_PERMIT_MAX_AGE,
     IN_FLIGHT_STATES,
-    BalanceKind,
     InvalidValue,
     MarketRules,
     PositionRecord,
+    Report,
     State,
     assess_balance,
     micro_to_shares,
+    on_interrupt,
     parse_count,
     parse_price,
     parse_raw_balance,
     parse_seconds,
 )
-from exitguard.telemetry.divergence import DivergenceDetector, DivergenceKind
+from exitguard.telemetry.divergence import DivergenceDetector
 from exitguard.telemetry.logs import emit, enabled
 from exitguard.telemetry.metrics import EngineMetrics
 
 DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
+UNSETTLED_ZERO = "balance 0 inside the settlement window of the last buy: the cache may lag the buy"
 
 
 class ExitEngine:
@@ -295,37 +298,27 @@ class ExitEngine:
         except (ExchangeError, InvalidValue, TimeoutError) as err:
             latency = self.clock.monotonic() - started
             error = str(err) or f"no answer within {self.verify_timeout}s"
-            self._verify_failed(record, error, type(err).__name__, latency)
+            result = self._verify_failed(record, err, error, price, attempts, latency)
             if isinstance(err, InvalidValue) and err.field == "limit_price":
                 raise
-            return self._report.finish(record, ExitOutcome.VERIFY_FAILED, attempts=attempts, price=price,
-                                       latency=latency, error=error), False
+            return result, False
         verified_at = self.clock.monotonic()
         latency = verified_at - started
         self.metrics.verify_latency_recorder.record(latency)
         verdict = assess_balance(record.expected, balance, rules, last_buy_at=record.last_buy_at,
                                  now=self.clock.wall(), settlement_window=self.settlement_window)
-        fields = log_fields(record, latency)
-        if verdict.kind is BalanceKind.UNSETTLED_ZERO:
-            error = "balance 0 inside the settlement window of the last buy: the cache may lag the buy"
-            self._verify_failed(record, error, "UnsettledBalance", latency)
-            return self._report.finish(record, ExitOutcome.VERIFY_FAILED, attempts=attempts, price=price,
-                                       latency=latency, error=error), False
         self._book.fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
-        if record.state is State.RECONCILED:
-            emit("exit_already_complete", **fields, expected=micro_to_shares(verdict.expected))
-            self._report.diverge(DivergenceKind.ALREADY_EXITED, record, verdict.expected, verdict.actual)
-            return self._report.finish(record, ExitOutcome.ALREADY_EXITED, attempts=attempts, price=price,
-                                       latency=latency), False
-        if record.state is State.DUST:
-            emit("exit_dust_residual", **fields, expected=micro_to_shares(verdict.expected),
-                 actual=micro_to_shares(verdict.actual), min_order_size=micro_to_shares(rules.min_order_size))
-            self._report.diverge(DivergenceKind.DUST, record, verdict.expected, verdict.actual)
-            return self._report.finish(record, ExitOutcome.DUST, attempts=attempts, price=price,
-                                       latency=latency), False
-        if verdict.mismatch:
-            self._report.mismatch(record, verdict, fields)
-        return await self._seller.sell(record, price, attempts, latency)
+        context = log_fields(record, latency)
+        if record.state is State.SELLING:
+            if verdict.mismatch:
+                self._report.mismatch(record, verdict, context)
+            return await self._seller.sell(record, price, attempts, latency)
+        report = self._report.after(record, "balance_fetched", context, between=(verdict.expected, verdict.actual),
+                                    **balance_facts(verdict),
+                                    min_order_size=micro_to_shares(rules.min_order_size),
+                                    error=UNSETTLED_ZERO, error_type="UnsettledBalance")
+        return self._finish(record, report, attempts=attempts, price=price, latency=latency,
+                            error=UNSETTLED_ZERO if record.state is State.OPEN else None), False
 
     async def _verified_balance(self, record: PositionRecord) -> int:
         """The exchange's balance in micro-shares. A reading below the expected shares may be the
@@ -372,26 +365,28 @@ class ExitEngine:
     # -- shared steps ------------------------------------------------------------------------------
 
     def _settle_interrupted(self, record: PositionRecord) -> None:
-        """After a cancelled or crashed exit, leave the record in a state that tells the truth: no
-        verification in flight (-> OPEN), and a sell that may have been sent flagged unknown."""
-        if record.state is State.VERIFYING:
-            self._book.fire(record, "verify_failed", error="exit interrupted before the balance was verified")
-        elif record.state is State.SELLING and not record.unresolved:
-            if record.inflight is None:
-                self._book.fire(record, "sell_killed", reason="exit interrupted before the sell was sent",
-                                definitely_not_filled=True)
-            else:
-                self._book.fire(record, "sell_unknown", error="exit interrupted while the sell was in flight")
-                self._report.diverge(DivergenceKind.UNKNOWN_OUTCOME, record, record.inflight.shares, None)
-        else:
+        """After a cancelled exit, leave the record in a state that tells the truth (states.INTERRUPTED)."""
+        settle = on_interrupt(record.state, record.unresolved, record.inflight is not None)
+        if settle is None:
             return
-        emit("exit_interrupted", **log_fields(record, None),
-             state=str(record.state), unresolved=record.unresolved)
+        sent = record.inflight.shares if record.inflight is not None else None
+        self._book.fire(record, settle.trigger, **settle.payload)
+        if settle.divergence is not None:
+            self._report.diverge(settle.divergence, record, sent, None)
+        emit("exit_interrupted", **log_fields(record, None), state=str(record.state), unresolved=record.unresolved)
 
-    def _verify_failed(self, record: PositionRecord, error: str, error_type: str, latency: float) -> None:
+    def _verify_failed(self, record: PositionRecord, err: Exception, error: str, price: Decimal, attempts: int,
+                       latency: float) -> ExitResult:
         self._book.fire(record, "verify_failed", error=error)
-        self.metrics.verify_failures += 1
-        emit("balance_verify_failed", **log_fields(record, latency), error=error, error_type=error_type)
+        report = self._report.after(record, "verify_failed", log_fields(record, latency), error=error,
+                                    error_type=type(err).__name__)
+        return self._finish(record, report, attempts=attempts, price=price, latency=latency, error=error)
+
+    def _finish(self, record: PositionRecord, report: Report, **result: Any) -> ExitResult:
+        assert report.outcome is not None, "an edge that ends an exit names its outcome"
+        if report.outcome is ExitOutcome.VERIFY_FAILED:
+            self.metrics.verify_failures += 1
+        return self._report.finish(record, report.outcome, **result)
 
     @staticmethod
     def _check_tick(price: Decimal, rules: MarketRules) -> None:

@@ -1,13 +1,13 @@
-"""The public value types: what a bot hands in (`Position`) and gets back (`ExitResult`)."""
+"""The public value types: what a bot hands in (`Position`) and gets back (`ExitResult`, whose `outcome` is an
+`ExitOutcome`, defined with the table that decides it in states/outcomes.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 
-from exitguard.states import InvalidValue, micro_to_shares, shares_to_micro
+from exitguard.states import ExitOutcome, InvalidValue, micro_to_shares, shares_to_micro
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,22 +43,7 @@ class Position:
     def micro_shares(self) -> int:
         return self._micro
 
-
-class ExitOutcome(StrEnum):
-    CLOSED = "CLOSED"
-    """Sold: the FOK filled (or a lookup found that it had)."""
-    ALREADY_EXITED = "ALREADY_EXITED"
-    """The exchange shows no shares: cleaned up without a sell."""
-    DUST = "DUST"
-    """A balance below the minimum order remains; nothing could be sold."""
-    NOT_FILLED = "NOT_FILLED"
-    """The exchange definitely sold nothing; the position is OPEN again."""
-    VERIFY_FAILED = "VERIFY_FAILED"
-    """The balance could not be verified; nothing was sent; the position is OPEN."""
-    IN_PROGRESS = "IN_PROGRESS"
-    """Another exit of this position is in flight; this call did nothing."""
-    UNKNOWN = "UNKNOWN"
-    """The sell may or may not have executed; the position stays SELLING until reconciled."""
+__all__ = ["ExitOutcome", "ExitResult", "Position"]
 
 
 @dataclass(frozen=True, slots=True)

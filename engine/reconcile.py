@@ -18,8 +18,7 @@ from exitguard.errors import ExchangeError
 from exitguard.exchange.port import Exchange, LookupStatus
 from exitguard.position import ExitOutcome, ExitResult
 from exitguard.reports import Reporter, log_fields
-from exitguard.states import InvalidValue, PositionRecord, State, TransitionRefused, micro_to_shares
-from exitguard.telemetry.divergence import DivergenceKind
+from exitguard.states import RESOLUTIONS, InvalidValue, PositionRecord, State, TransitionRefused, micro_to_shares
 from exitguard.telemetry.logs import emit
 
 
@@ -61,22 +60,16 @@ class Reconciler:
                 return self.report.finish(record, ExitOutcome.UNKNOWN, attempts=0,
                                           error=str(err) or type(err).__name__)
         sent = permit.shares
-        if lookup.status is LookupStatus.FILLED:
-            # A FOK fills all or nothing: without fill details, "filled" still means the permit's shares.
-            actual = lookup.fill.shares if lookup.fill is not None else sent
-            order_id = lookup.fill.order_id if lookup.fill is not None else None
-            self.book.fire(record, "resolved_filled", shares=actual)
-            outcome = ExitOutcome.CLOSED
-            if lookup.fill is not None:
-                self.settlements.follow(record, lookup.fill)
-        elif balance == 0:
-            self.book.fire(record, "resolved_gone")
-            outcome, actual, order_id = ExitOutcome.ALREADY_EXITED, 0, None
-        else:
-            self.book.fire(record, "resolved_not_filled")
-            outcome, actual, order_id = ExitOutcome.NOT_FILLED, 0, None
-        emit("exit_outcome_resolved", **log_fields(record, None),
-             lookup=str(lookup.status), state=str(record.state), sent=micro_to_shares(sent),
-             filled=micro_to_shares(actual))
-        self.report.diverge(DivergenceKind.UNKNOWN_OUTCOME_RESOLVED, record, sent, actual)
-        return self.report.finish(record, outcome, attempts=0, order_id=order_id)
+        trigger = RESOLUTIONS[(lookup.status, balance == 0)]
+        fill = lookup.fill if lookup.status is LookupStatus.FILLED else None
+        # A FOK fills all or nothing: without fill details, "filled" still means the permit's shares.
+        actual = (fill.shares if fill is not None else sent) if trigger == "resolved_filled" else 0
+        self.book.fire(record, trigger, **({"shares": actual} if trigger == "resolved_filled" else {}))
+        if fill is not None:
+            self.settlements.follow(record, fill)
+        report = self.report.after(record, trigger, log_fields(record, None), between=(sent, actual),
+                                   lookup=str(lookup.status), state=str(record.state), sent=micro_to_shares(sent),
+                                   filled=micro_to_shares(actual))
+        assert report.outcome is not None
+        return self.report.finish(record, report.outcome, attempts=0,
+                                  order_id=fill.order_id if fill is not None else None)

@@ -17,8 +17,7 @@ from pathlib import Path
 from exitguard.book import PositionBook
 from exitguard.position import ExitOutcome, ExitResult
 from exitguard.reports import Reporter
-from exitguard.states import PositionRecord, State
-from exitguard.telemetry.divergence import DivergenceKind
+from exitguard.states import DivergenceKind, PositionRecord, State, on_restart
 from exitguard.telemetry.logs import emit
 
 
@@ -43,22 +42,14 @@ async def recover(book: PositionBook, restored: list[PositionRecord], *, journal
     reopened: list[str] = []
     to_settle: list[str] = []
     for record in restored:
-        if record.state is State.VERIFYING:
-            book.fire(record, "verify_failed", error="engine restarted while verifying; nothing was sent")
-            reopened.append(record.key)
-        elif record.state is State.SELLING and not record.unresolved:
-            if book.order_id(record.key) is not None:
-                book.fire(record, "sell_unknown", error="engine restarted with this order possibly sent")
-                to_settle.append(record.key)
-            else:
-                book.fire(record, "sell_killed", reason="engine restarted before the order was signed",
-                          definitely_not_filled=True)
-                reopened.append(record.key)
-        elif record.state is State.SELLING:
+        settle = on_restart(record.state, record.unresolved, book.order_id(record.key) is not None)
+        if settle is not None:
+            book.fire(record, settle.trigger, **settle.payload)
+        if record.state is State.SELLING:
             to_settle.append(record.key)
-    for key in reopened:
-        record = book.get(key)
-        emit("recovery_reopened", key=key, token=record.token_id, attempt_id=record.attempt_id)
+        elif settle is not None:
+            reopened.append(record.key)
+            emit("recovery_reopened", key=record.key, token=record.token_id, attempt_id=record.attempt_id)
     reconciled: dict[str, ExitOutcome] = {}
     unresolved: list[str] = []
     for key in to_settle:

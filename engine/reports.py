@@ -1,18 +1,28 @@
 """What the engine tells after a transition: the result of an exit, divergences, the common log fields.
 
-The engine fires a transition through the position book (`PositionBook.fire`), then emits its log
-event, records any divergence and finishes with `Reporter.finish`: fire -> emit -> diverge -> finish.
+The engine fires a transition through the position book (`PositionBook.fire`), then hands what it knows
+to `Reporter.after`, which reads the edge's row in `states.REPORTS` (log event, divergence, outcome)
+instead of deciding: fire -> after -> finish.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from exitguard.book import PositionBook
 from exitguard.position import ExitOutcome, ExitResult
-from exitguard.states import FINAL_STATES, BalanceVerdict, PositionRecord, micro_to_shares
+from exitguard.states import (
+    BALANCE_MISMATCH,
+    FINAL_STATES,
+    REPORTS,
+    BalanceVerdict,
+    PositionRecord,
+    Report,
+    micro_to_shares,
+)
 from exitguard.telemetry.divergence import DivergenceDetector, DivergenceEvent, DivergenceKind
-from exitguard.telemetry.logs import emit
+from exitguard.telemetry.logs import emit, enabled
 from exitguard.telemetry.metrics import EngineMetrics
 
 
@@ -25,6 +35,15 @@ def log_fields(record: PositionRecord, latency: float | None) -> dict[str, objec
         "attempt_id": record.attempt_id,
         "verify_latency_ms": None if latency is None else round(latency * 1000, 3),
     }
+
+
+Span = tuple[int | None, int | None]
+"""(expected, actual) micro-shares of a divergence; None where unknown."""
+
+
+def balance_facts(verdict: BalanceVerdict) -> dict[str, Any]:
+    return {"expected": micro_to_shares(verdict.expected), "actual": micro_to_shares(verdict.actual),
+            "difference": micro_to_shares(verdict.difference), "selling": micro_to_shares(verdict.sell)}
 
 
 class Reporter:
@@ -46,12 +65,27 @@ class Reporter:
             at=self.divergence.now(),
         ))
 
-    def mismatch(self, record: PositionRecord, verdict: BalanceVerdict, fields: dict[str, object]) -> None:
+    def after(self, record: PositionRecord, trigger: str, context: dict[str, object], *,
+              between: Span = (None, None), divergence: DivergenceKind | None = None, **facts: object) -> Report:
+        """Report the edge `trigger` just took (the record is in its destination): its row's event with the
+        facts the row names, its divergence (and `divergence`, the answer's own) between the expected and
+        actual micro-shares of `between`. Returns the row: its `outcome` is what the caller hands back."""
+        report = REPORTS[(trigger, record.state)]
+        self.tell(report, record, context, between, **facts)
+        if divergence is not None:
+            self.diverge(divergence, record, *between)
+        return report
+
+    def tell(self, report: Report, record: PositionRecord, context: dict[str, object], between: Span,
+             **facts: object) -> None:
+        if report.event is not None and enabled(report.event):
+            emit(report.event, **context, **{name: facts[name] for name in report.facts})
+        if report.divergence is not None:
+            self.diverge(report.divergence, record, *between)
+
+    def mismatch(self, record: PositionRecord, verdict: BalanceVerdict, context: dict[str, object]) -> None:
         """The exchange holds a different balance than expected: warn, then count it as a divergence."""
-        emit("exit_balance_mismatch", **fields, expected=micro_to_shares(verdict.expected),
-             actual=micro_to_shares(verdict.actual), difference=micro_to_shares(verdict.difference),
-             selling=micro_to_shares(verdict.sell))
-        self.diverge(DivergenceKind.BALANCE_MISMATCH, record, verdict.expected, verdict.actual)
+        self.tell(BALANCE_MISMATCH, record, context, (verdict.expected, verdict.actual), **balance_facts(verdict))
 
     def counted(self, result: ExitResult) -> ExitResult:
         self.metrics.outcomes[str(result.outcome)] += 1

@@ -1,6 +1,6 @@
 """The position state machine: pure decisions, no I/O, no clock, no logging."""
 
-from exitguard.states.answers import SELL_ANSWERS, AnswerEffect, AnswerRule, SellAnswer
+from exitguard.states.answers import RESOLUTIONS, SELL_ANSWERS, AnswerEffect, AnswerRule, LookupStatus, SellAnswer
 from exitguard.states.balance import BalanceKind, BalanceVerdict, assess_balance
 from exitguard.states.effects import take_permit
 from exitguard.states.errors import InvalidValue, PermitError, TransitionRefused
@@ -29,6 +29,8 @@ __all__ = [
     "ExitOutcome",
     "FILL_MISMATCH",
     "INTERRUPTED",
+    "LookupStatus",
+    "RESOLUTIONS",
     "REPORTS",
     "RESTARTED",
     "Report",

@@ -60,3 +60,25 @@ SELL_ANSWERS: dict[SellAnswer, AnswerRule] = {
     A.UNKNOWN: AnswerRule("sell_unknown", retryable=False),
 }
 """Answer class -> (trigger, retryable, effects, divergence)."""
+
+
+class LookupStatus(StrEnum):
+    """What an order lookup found for a sell whose answer was lost."""
+
+    FILLED = "filled"
+    NOT_FILLED = "not_filled"
+    """The exchange knows the order and it did not fill (killed)."""
+    NOT_FOUND = "not_found"
+    """The exchange has no record of the order: it never arrived."""
+
+
+RESOLUTIONS: dict[tuple[LookupStatus, bool], str] = {
+    # (what the lookup found, the refreshed balance is zero) -> trigger
+    (LookupStatus.FILLED, False): "resolved_filled",
+    (LookupStatus.FILLED, True): "resolved_filled",
+    (LookupStatus.NOT_FILLED, True): "resolved_gone",
+    (LookupStatus.NOT_FILLED, False): "resolved_not_filled",
+    (LookupStatus.NOT_FOUND, True): "resolved_gone",
+    (LookupStatus.NOT_FOUND, False): "resolved_not_filled",
+}
+"""How a lookup plus a balance read settles an unknown outcome. A filled lookup needs no balance read."""

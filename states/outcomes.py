@@ -50,33 +50,42 @@ class Report:
     divergence: DivergenceKind | None
     outcome: ExitOutcome | None
     """What `exit()` / `reconcile()` returns when it ends on this edge; None: the exit goes on."""
+    facts: tuple[str, ...] = ()
+    """What the event carries beside the exit's context (docs/log-events.md): the engine hands over what it
+    knows and the event takes these."""
 
 
 O, V, S, C, R, D = State.OPEN, State.VERIFYING, State.SELLING, State.CLOSED, State.RECONCILED, State.DUST
 K = DivergenceKind
 X = ExitOutcome
 
+VERIFY_FAILED = ("error", "error_type")
+SELL_ANSWER = ("shares", "limit_price", "error", "error_type")
+RESOLVED = ("lookup", "state", "sent", "filled")
+
 REPORTS: dict[tuple[str, State], Report] = {
     ("request_exit", V): Report(None, None, None),
-    ("balance_fetched", R): Report("exit_already_complete", K.ALREADY_EXITED, X.ALREADY_EXITED),
+    ("balance_fetched", R): Report("exit_already_complete", K.ALREADY_EXITED, X.ALREADY_EXITED, ("expected",)),
     # A mismatch on the way to SELLING is reported from the verdict (BALANCE_MISMATCH below), not the edge.
     ("balance_fetched", S): Report(None, None, None),
-    ("balance_fetched", D): Report("exit_dust_residual", K.DUST, X.DUST),
+    ("balance_fetched", D): Report("exit_dust_residual", K.DUST, X.DUST, ("expected", "actual", "min_order_size")),
     # Zero inside the settlement window of the last buy: the cache may lag the buy. Not an exit, not a sell.
-    ("balance_fetched", O): Report("balance_verify_failed", None, X.VERIFY_FAILED),
-    ("verify_failed", O): Report("balance_verify_failed", None, X.VERIFY_FAILED),
-    ("sell_filled", C): Report("exit_filled", None, X.CLOSED),
+    ("balance_fetched", O): Report("balance_verify_failed", None, X.VERIFY_FAILED, VERIFY_FAILED),
+    ("verify_failed", O): Report("balance_verify_failed", None, X.VERIFY_FAILED, VERIFY_FAILED),
+    ("sell_filled", C): Report("exit_filled", None, X.CLOSED,
+                               ("shares", "avg_price", "limit_price", "order_id", "settlement_pending")),
     # The answer class adds its own divergence (insufficient balance); the edge itself is a plain "no".
-    ("sell_killed", O): Report("exit_not_filled", None, X.NOT_FILLED),
-    ("sell_expired", O): Report("exit_permit_expired", None, X.NOT_FILLED),
-    ("sell_unknown", S): Report("exit_outcome_unknown", K.UNKNOWN_OUTCOME, X.UNKNOWN),
-    ("resolved_filled", C): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.CLOSED),
-    ("resolved_not_filled", O): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.NOT_FILLED),
-    ("resolved_gone", R): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.ALREADY_EXITED),
+    ("sell_killed", O): Report("exit_not_filled", None, X.NOT_FILLED, SELL_ANSWER),
+    ("sell_expired", O): Report("exit_permit_expired", None, X.NOT_FILLED, ("permit_age_s", "max_age_s")),
+    ("sell_unknown", S): Report("exit_outcome_unknown", K.UNKNOWN_OUTCOME, X.UNKNOWN, SELL_ANSWER),
+    ("resolved_filled", C): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.CLOSED, RESOLVED),
+    ("resolved_not_filled", O): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.NOT_FILLED, RESOLVED),
+    ("resolved_gone", R): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.ALREADY_EXITED, RESOLVED),
 }
 """(trigger, destination) -> what the engine reports after firing it on an exit's path."""
 
-BALANCE_MISMATCH = Report("exit_balance_mismatch", K.BALANCE_MISMATCH, None)
+BALANCE_MISMATCH = Report("exit_balance_mismatch", K.BALANCE_MISMATCH, None,
+                          ("expected", "actual", "difference", "selling"))
 """A sellable balance other than the expected shares: warn, and sell the verified balance."""
 FILL_MISMATCH = Report(None, K.FILL_MISMATCH, None)
 """A fill of other than the permit's shares (a FOK fills whole: the exchange and we disagree)."""

@@ -11,7 +11,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from exitguard.states import MarketRules, SellPermit
+from exitguard.states import LookupStatus, MarketRules, SellPermit
+
+__all__ = ["Exchange", "Fill", "LookupStatus", "SellLookup", "Settlement", "SettlementStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +25,6 @@ class Fill:
     trade_ids: tuple[str, ...] = ()
     """The exchange's trades for this fill. Non-empty means settlement on chain is still to follow:
     a matched trade can fail to settle, which hands the shares back."""
-
-
-class LookupStatus(StrEnum):
-    FILLED = "filled"
-    NOT_FILLED = "not_filled"
-    """The exchange knows the order and it did not fill (killed)."""
-    NOT_FOUND = "not_found"
-    """The exchange has no record of the order: it never arrived."""
 
 
 @dataclass(frozen=True, slots=True)

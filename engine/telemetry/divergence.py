@@ -11,21 +11,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import StrEnum
 
 from exitguard.clock import Clock, SystemClock
+from exitguard.states import DivergenceKind
+
+__all__ = ["DivergenceAlert", "DivergenceDetector", "DivergenceEvent", "DivergenceKind"]
 from exitguard.telemetry.logs import emit
-
-
-class DivergenceKind(StrEnum):
-    BALANCE_MISMATCH = "balance_mismatch"
-    ALREADY_EXITED = "already_exited"
-    DUST = "dust"
-    UNKNOWN_OUTCOME = "unknown_outcome"
-    UNKNOWN_OUTCOME_RESOLVED = "unknown_outcome_resolved"
-    INSUFFICIENT_BALANCE = "insufficient_balance"
-    FILL_MISMATCH = "fill_mismatch"
-    SETTLEMENT_FAILED = "settlement_failed"
 
 
 @dataclass(frozen=True, slots=True)

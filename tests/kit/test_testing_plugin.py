@@ -127,7 +127,7 @@ def test_exit_engine_is_closed_after_the_test_and_also_serves_tests_without_the_
         "    assert exit_engine.states() == {}\n"
         "def test_it_was_closed_after_the_test():\n"
         "    import anyio\n"
-        "    from engine import EngineClosed\n"
+        "    from exitguard import EngineClosed\n"
         "    with pytest.raises(EngineClosed):\n"
         "        anyio.run(seen[0].reconcile, 'p1')\n"
     )
