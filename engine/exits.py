@@ -36,6 +36,7 @@ from exitguard.recovery import RecoverySummary, recover
 from exitguard.reports import Reporter, balance_facts, log_fields
 from exitguard.retry import RetryPolicy
 from exitguard.sell import Seller
+from exitguard.settings import parse_count, parse_seconds
 from exitguard.states import (
     DEFAULT_PERMIT_MAX_AGE,
     IN_FLIGHT_STATES,
@@ -47,10 +48,8 @@ from exitguard.states import (
     assess_balance,
     micro_to_shares,
     on_interrupt,
-    parse_count,
     parse_price,
     parse_raw_balance,
-    parse_seconds,
 )
 from exitguard.telemetry.divergence import DivergenceDetector
 from exitguard.telemetry.logs import emit, enabled

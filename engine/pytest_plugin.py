@@ -34,7 +34,8 @@ from exitguard.clock import ManualClock
 from exitguard.errors import ExchangeError, OrderKilled
 from exitguard.exchange.paper import KILLED_MESSAGE, PaperExchange
 from exitguard.exits import ExitEngine
-from exitguard.states import InvalidValue, parse_seconds
+from exitguard.settings import parse_seconds
+from exitguard.states import InvalidValue
 
 __all__ = ["FrozenClock", "PaperFaults", "attempt_ids", "JOURNAL_FILE"]
 

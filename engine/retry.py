@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from exitguard.states import InvalidValue, parse_count, stepped_down_price
-from exitguard.states.quantities import shares_to_micro
+from exitguard.settings import parse_count
+from exitguard.states import InvalidValue, shares_to_micro, stepped_down_price
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,8 @@ from exitguard.states.permit import DEFAULT_PERMIT_MAX_AGE, SellPermit, permit_i
 from exitguard.states.quantities import (
     MICRO,
     micro_to_shares,
-    parse_count,
     parse_price,
     parse_raw_balance,
-    parse_seconds,
     shares_to_micro,
 )
 from exitguard.states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionRecord, State
@@ -60,8 +58,6 @@ __all__ = [
     "assess_balance",
     "fire",
     "micro_to_shares",
-    "parse_count",
-    "parse_seconds",
     "parse_price",
     "parse_raw_balance",
     "permit_is_fresh",

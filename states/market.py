@@ -1,19 +1,12 @@
-"""Per-token market rules and the pure price/size arithmetic that depends on them."""
+"""Per-token market rules and the pure price/size arithmetic that depends on them. Validated construction
+from an exchange's figures lives with the exchanges (engine/exchange/rules.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
 
-from exitguard.states.errors import InvalidValue
-from exitguard.states.quantities import MICRO, parse_price, shares_to_micro
-
-POLYMARKET_SIZE_STEP = Decimal("0.01")
-"""Order sizes round down to 0.01 share on Polymarket."""
-
-TICK_SIZES = (Decimal("0.1"), Decimal("0.01"), Decimal("0.005"), Decimal("0.0025"), Decimal("0.001"),
-              Decimal("0.0001"))
-"""The ticks py-clob-client-v2 can sign for (its ROUNDING_CONFIG)."""
+from exitguard.states.quantities import MICRO
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,25 +18,6 @@ class MarketRules:
     """Micro-shares; a sell below this is refused by the exchange, so a smaller balance is dust."""
     size_step: int = 10_000
     """Micro-shares (0.01 share)."""
-
-    @classmethod
-    def of(
-        cls,
-        tick_size: object = Decimal("0.01"),
-        min_order_size: object = Decimal("5"),
-        size_step: object = POLYMARKET_SIZE_STEP,
-    ) -> MarketRules:
-        """Build from share quantities (Decimal/int/str), validating every field."""
-        tick = parse_price(tick_size, "tick_size")
-        if tick not in TICK_SIZES:
-            raise InvalidValue("tick_size", tick_size, f"must be one of {', '.join(map(str, TICK_SIZES))}")
-        minimum = shares_to_micro(min_order_size, "min_order_size")
-        step = shares_to_micro(size_step, "size_step")
-        if step <= 0:
-            raise InvalidValue("size_step", size_step, "must be positive")
-        if minimum < 0:
-            raise InvalidValue("min_order_size", min_order_size, "must not be negative")
-        return cls(tick_size=tick, min_order_size=minimum, size_step=step)
 
     def price_is_on_tick(self, price: Decimal) -> bool:
         return price % self.tick_size == 0

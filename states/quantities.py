@@ -53,22 +53,6 @@ def parse_price(value: object, field: str = "limit_price") -> Decimal:
     return price
 
 
-def parse_count(value: object, field: str, minimum: int = 1) -> int:
-    """A whole-number setting (attempts, ticks, concurrency). bool is refused: True is not a count."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidValue(field, value, f"must be an integer >= {minimum}")
-    return value
-
-
-def parse_seconds(value: object, field: str, *, allow_zero: bool = False) -> float:
-    """A duration setting in seconds. Durations are not quantities, so int and float are both fine; bool,
-    NaN and negatives are refused (and zero unless `allow_zero`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 if allow_zero else value > 0):
-        raise InvalidValue(field, value, "must be a number of seconds >= 0" if allow_zero
-                           else "must be a positive number of seconds")
-    return float(value)
-
-
 def round_down_to_step(micro: int, step_micro: int) -> int:
     """Largest multiple of the exchange's size step not above `micro`; selling never rounds up."""
     return micro - micro % step_micro

@@ -46,7 +46,8 @@ from exitguard.exchange.paper import KILLED_MESSAGE, NO_BALANCE_MESSAGE, OPERATI
 from exitguard.exits import ExitEngine
 from exitguard.position import ExitResult, Position
 from exitguard.retry import RetryPolicy
-from exitguard.states import InvalidValue, TransitionRefused, parse_count, parse_price, parse_seconds, shares_to_micro
+from exitguard.settings import parse_count, parse_seconds
+from exitguard.states import InvalidValue, TransitionRefused, parse_price, shares_to_micro
 
 FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
     "killed": lambda: OrderKilled(KILLED_MESSAGE, status=400),

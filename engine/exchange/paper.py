@@ -27,15 +27,9 @@ from exitguard.errors import (
     UnknownOutcome,
 )
 from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
-from exitguard.states import (
-    InvalidValue,
-    MarketRules,
-    SellPermit,
-    micro_to_shares,
-    parse_count,
-    parse_price,
-    shares_to_micro,
-)
+from exitguard.exchange.rules import market_rules
+from exitguard.settings import parse_count
+from exitguard.states import InvalidValue, MarketRules, SellPermit, micro_to_shares, parse_price, shares_to_micro
 
 OPERATIONS = ("get_balance", "refresh_balance", "market_rules", "sell", "lookup_sell", "settlement")
 
@@ -132,7 +126,7 @@ class PaperExchange:
 
     def set_market(self, token_id: str, *, tick_size: object = Decimal("0.01"),
                    min_order_size: object = Decimal("5")) -> None:
-        self._rules[token_id] = MarketRules.of(tick_size=tick_size, min_order_size=min_order_size)
+        self._rules[token_id] = market_rules(tick_size=tick_size, min_order_size=min_order_size)
 
     # -- faults ------------------------------------------------------------------------------------
 

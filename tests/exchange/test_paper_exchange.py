@@ -33,6 +33,7 @@ from exitguard.exchange.paper import (
     SellStatus,
 )
 from exitguard.exchange.port import Fill, LookupStatus
+from exitguard.exchange.rules import market_rules
 from exitguard.states import MICRO, InvalidValue, MarketRules, PermitError, SellPermit, shares_to_micro
 
 TOKEN = "tok"
@@ -163,7 +164,7 @@ async def test_market_rules_answers_the_token_rules_or_the_default(paper: PaperE
     paper.set_market("other", tick_size="0.001", min_order_size="1")
 
     assert await paper.market_rules(TOKEN) == MarketRules()
-    assert await paper.market_rules("other") == MarketRules.of(tick_size="0.001", min_order_size="1")
+    assert await paper.market_rules("other") == market_rules(tick_size="0.001", min_order_size="1")
 
 
 # -- balance -------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from exitguard.exchange.polymarket import answers
 from exitguard.exchange.polymarket.orders import ExactAmountsBuilder, sign_sell
 from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits, TokenBucket
 from exitguard.exchange.port import Fill, SettlementStatus
+from exitguard.exchange.rules import market_rules
 from exitguard.polymarket import PolymarketSettings
 from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit
 
@@ -112,7 +113,7 @@ def test_order_ids_differ_between_neg_risk_and_plain_contracts(builder: ExactAmo
 
 
 def test_taker_amount_rounds_down_to_four_decimals_on_fine_ticks(builder: ExactAmountsBuilder) -> None:
-    rules = MarketRules.of(tick_size="0.001", min_order_size="1")
+    rules = market_rules(tick_size="0.001", min_order_size="1")
     signed = sign_sell(builder, permit(10_010_000), Decimal("0.555"), rules, neg_risk=False, chain_id=137)
     assert signed.order.makerAmount == "10010000"
     assert signed.order.takerAmount == "5555500"  # 5.55555 USDC rounded down to 5.5555

@@ -33,7 +33,8 @@ from exitguard.exchange.polymarket.orders import ORDER_VERSION, ExactAmountsBuil
 from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
 from exitguard.exchange.polymarket.settings import PolymarketSettings
 from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement
-from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit, parse_count, parse_seconds
+from exitguard.settings import parse_count, parse_seconds
+from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit
 
 T = TypeVar("T")
 

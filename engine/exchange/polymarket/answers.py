@@ -23,6 +23,7 @@ from exitguard.errors import (
     UnknownOutcome,
 )
 from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from exitguard.exchange.rules import market_rules
 from exitguard.states import MICRO, InvalidValue, MarketRules, SellPermit
 from exitguard.states.answers import SellAnswer
 
@@ -387,7 +388,7 @@ def market_from_book(token_id: str, book: object) -> TokenMarket:
     if not isinstance(book, dict):
         raise TransientError(f"order book for token_id={token_id}: unreadable answer {str(book)[:200]}")
     try:
-        rules = MarketRules.of(tick_size=book["tick_size"], min_order_size=book["min_order_size"])
+        rules = market_rules(tick_size=book["tick_size"], min_order_size=book["min_order_size"])
     except (KeyError, InvalidValue) as err:
         raise TransientError(f"order book for token_id={token_id}: no usable tick_size/min_order_size "
                              f"({err})") from None

@@ -12,7 +12,8 @@ from enum import StrEnum
 
 import anyio
 
-from exitguard.states import InvalidValue, parse_count, parse_seconds
+from exitguard.settings import parse_count, parse_seconds
+from exitguard.states import InvalidValue
 
 
 class Family(StrEnum):
