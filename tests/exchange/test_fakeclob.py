@@ -22,10 +22,12 @@ from py_clob_client_v2.clob_types import (
     OrderArgsV2,
     OrderType,
     PartialCreateOrderOptions,
+    RequestArgs,
     TradeParams,
 )
 from py_clob_client_v2.config import get_contract_config
 from py_clob_client_v2.exceptions import PolyApiException
+from py_clob_client_v2.headers.headers import create_level_2_headers
 from py_clob_client_v2.order_utils import ExchangeOrderBuilderV2, Side
 from py_clob_client_v2.order_utils.model.order_data_v2 import (
     OrderDataV2,
@@ -63,7 +65,8 @@ def post_raw(client: ClobClient, order, order_type: str = OrderType.FOK):
     """post_order without its settlement polling: the same payload, headers and POST."""
     payload = order_to_json_v2(order, client.creds.api_key, order_type)
     serialized = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    headers = client._l2_headers("POST", "/order", body=payload, serialized_body=serialized)
+    headers = create_level_2_headers(client.signer, client.creds, RequestArgs(
+        method="POST", request_path="/order", body=payload, serialized_body=serialized))
     return client._post(f"{client.host}/order", headers=headers, data=serialized)
 
 

@@ -20,9 +20,17 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 from py_clob_client_v2.client import ClobClient
-from py_clob_client_v2.clob_types import ApiCreds, AssetType, BalanceAllowanceParams, OrderType, TradeParams
+from py_clob_client_v2.clob_types import (
+    ApiCreds,
+    AssetType,
+    BalanceAllowanceParams,
+    OrderType,
+    RequestArgs,
+    TradeParams,
+)
 from py_clob_client_v2.endpoints import POST_ORDER
 from py_clob_client_v2.exceptions import PolyApiException, PolyException
+from py_clob_client_v2.headers.headers import create_level_2_headers
 from py_clob_client_v2.http_helpers import helpers as http
 from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2
 
@@ -268,7 +276,11 @@ def post_fok(client: ClobClient, order: Any) -> object:
     polling and without a retry. Raises PolyApiException for a non-200 answer or a transport error."""
     payload = order_to_json_v2(order, client.creds.api_key, OrderType.FOK, False, False)
     serialized = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    headers = client._l2_headers("POST", POST_ORDER, body=payload, serialized_body=serialized)
+    if client.signer is None or client.creds is None:
+        raise PolyException("L2 auth needs a signer and API credentials")
+    # The client's public header builder, with the exact bytes that are sent (HMAC over the serialized body).
+    headers = create_level_2_headers(client.signer, client.creds, RequestArgs(
+        method="POST", request_path=POST_ORDER, body=payload, serialized_body=serialized))
     return http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized, retry_on_error=False)
 
 
