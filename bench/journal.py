@@ -38,6 +38,7 @@ from engine_overhead import LIMIT_US, PRICE, market, naive_exits
 from loguru import logger
 
 from exitguard import ExitEngine, Position
+from exitguard.clock import SystemClock
 from exitguard.exchange.paper import PaperExchange, PaperSell, SellStatus
 from exitguard.journal import Journal
 from exitguard.states import MarketRules, PositionRecord, State, assess_balance, fire, take_permit
@@ -207,14 +208,27 @@ def recovery_exchange(positions: int, in_flight: int) -> PaperExchange:
     return paper
 
 
-async def timed_entry(path: Path, exchange: PaperExchange) -> tuple[float, Any]:
-    engine = ExitEngine(exchange, journal=path, settlement_poll_interval=None)
+class RestartedLater(SystemClock):
+    """The restart comes a minute after the crash: past the lookup horizon, so an order the exchange never saw
+    is known not to have arrived (before it, a lookup that finds nothing leaves the outcome unknown)."""
+
+    def wall(self) -> datetime:
+        return super().wall() + timedelta(seconds=60)
+
+
+async def timed_entry(path: Path, exchange: PaperExchange) -> tuple[float, Any, float, dict[str, Any]]:
+    """Entry (recovery hands what may have been sent to the background resolver and returns), then one
+    round of lookups of every unknown outcome, timed apart."""
+    engine = ExitEngine(exchange, journal=path, settlement_poll_interval=None, clock=RestartedLater())
     started = time.perf_counter()
     await engine.__aenter__()
     elapsed = time.perf_counter() - started
     summary = engine.recovery
+    started = time.perf_counter()
+    resolved = await engine.resolve_unknowns()
+    resolving = time.perf_counter() - started
     await engine.__aexit__(None, None, None)
-    return elapsed, summary
+    return elapsed, summary, resolving, resolved
 
 
 def recovery(folder: Path, positions: int, in_flight: int) -> None:
@@ -225,7 +239,7 @@ def recovery(folder: Path, positions: int, in_flight: int) -> None:
         build = build_journal(path, positions, flight)
         size = path.stat().st_size / 1e6
         exchange = recovery_exchange(positions, flight)
-        elapsed, summary = anyio.run(timed_entry, path, exchange)
+        elapsed, summary, resolving, resolved = anyio.run(timed_entry, path, exchange)
         what = (f"all {positions:,} OPEN" if not flight else
                 f"{positions - 2 * flight:,} OPEN + {flight:,} VERIFYING + {flight:,} SELLING with an order id")
         print(f"   {what}")
@@ -233,12 +247,12 @@ def recovery(folder: Path, positions: int, in_flight: int) -> None:
         print(f"     entry {elapsed:.2f} s = {elapsed / positions * 1e6:.1f} us per position", end="")
         if flight:
             outcomes: dict[str, int] = {}
-            for outcome in summary.reconciled.values():
-                outcomes[str(outcome)] = outcomes.get(str(outcome), 0) + 1
+            for result in resolved.values():
+                outcomes[str(result.outcome)] = outcomes.get(str(result.outcome), 0) + 1
             lookups = sum(1 for call in exchange.calls if call.operation == "lookup_sell")
-            print(f"; reopened {len(summary.reopened):,}, looked up {lookups:,} "
-                  f"({', '.join(f'{k} {v:,}' for k, v in sorted(outcomes.items()))}), "
-                  f"unresolved {len(summary.unresolved)}")
+            print(f"; reopened {len(summary.reopened):,}, handed to the resolver {len(summary.resolving):,}")
+            print(f"     then one round of lookups in {resolving:.2f} s: looked up {lookups:,} "
+                  f"({', '.join(f'{k} {v:,}' for k, v in sorted(outcomes.items()))})")
         else:
             print()
         path.unlink()

@@ -10,13 +10,23 @@ from exitguard.errors import (
     NotFilled,
     OrderKilled,
     OrderRejected,
+    PermitExpired,
     PositionConflict,
     TransientError,
     UnknownOutcome,
     UnknownPosition,
+    WalletInUse,
 )
 from exitguard.exchange.paper import PaperExchange
-from exitguard.exchange.port import Exchange, Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from exitguard.exchange.port import (
+    Exchange,
+    Fill,
+    LookupStatus,
+    SellDeadline,
+    SellLookup,
+    Settlement,
+    SettlementStatus,
+)
 from exitguard.exits import ExitEngine
 from exitguard.position import ExitOutcome, ExitResult, Position
 from exitguard.retry import RetryPolicy
@@ -51,9 +61,11 @@ __all__ = [
     "OrderRejected",
     "PaperExchange",
     "PermitError",
+    "PermitExpired",
     "Position",
     "PositionConflict",
     "RetryPolicy",
+    "SellDeadline",
     "SellLookup",
     "SellPermit",
     "Settlement",
@@ -63,5 +75,6 @@ __all__ = [
     "TransitionRefused",
     "UnknownOutcome",
     "UnknownPosition",
+    "WalletInUse",
     "configure_logging",
 ]

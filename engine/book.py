@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 from exitguard.clock import Clock
-from exitguard.errors import PositionConflict, UnknownPosition
+from exitguard.errors import EngineClosed, JournalError, PositionConflict, UnknownPosition
 from exitguard.exchange.port import Fill
-from exitguard.journal import Journal
-from exitguard.position import Position
+from exitguard.journal import Journal, JournaledTransition
+from exitguard.position import Position, refuse_future_buy
 from exitguard.states import FINAL_STATES, PositionRecord, State, TransitionRefused, fire, micro_to_shares
+from exitguard.telemetry.logs import emit
 
 
 class PositionBook:
@@ -30,6 +32,8 @@ class PositionBook:
         self.clock = clock
         self.journal: Journal | None = None
         """Where every change is written before the engine acts on it; None: memory only."""
+        self.journal_closed = False
+        """The book had a journal and it was closed: no change may happen in memory alone any more."""
         self._records: dict[str, PositionRecord] = {}
         self._live_by_token: dict[str, str] = {}
         self._order_ids: dict[str, str] = {}
@@ -37,6 +41,11 @@ class PositionBook:
         self._unsettled: dict[str, Fill] = {}
         """Closed positions whose fill is matched on the book but not yet settled on chain."""
         self._reconciling: set[str] = set()
+        self._noted_at: dict[str, datetime] = {}
+        """Key -> wall time the order of its sell in flight was journaled, just before it was posted."""
+        self._sent_at: dict[str, datetime] = {}
+        """Key -> wall time its sell in flight left our hands (the exchange call returned or was given up):
+        an unknown outcome's lookup horizon counts from it. Journaled as `sent_at` in the trigger's payload."""
 
     # -- lookups -----------------------------------------------------------------------------------
 
@@ -76,6 +85,18 @@ class PositionBook:
         """The order signed for the key's sell in flight, if one was (journal on)."""
         return self._order_ids.get(key)
 
+    def order_noted_at(self, key: str) -> datetime | None:
+        """When the order of the key's sell in flight was journaled (journal on), just before its post."""
+        return self._noted_at.get(key)
+
+    def sent_at(self, key: str) -> datetime | None:
+        """When the key's sell in flight left our hands, if known (see `note_sent`)."""
+        return self._sent_at.get(key)
+
+    def note_sent(self, record: PositionRecord, at: datetime) -> None:
+        """The sell in flight left our hands at `at` (a trigger's `sent_at` payload does the same, journaled)."""
+        self._sent_at[record.key] = at
+
     def is_reconciling(self, key: str) -> bool:
         return key in self._reconciling
 
@@ -83,6 +104,8 @@ class PositionBook:
 
     def track(self, position: Position) -> PositionRecord:
         """A new OPEN position. One live (unfinished) position per key and per token."""
+        self._refuse_without_journal()
+        refuse_future_buy(position, self.clock.wall())
         if position.key in self._records:
             raise PositionConflict(f"position key={position.key!r}: already tracked (state "
                                    f"{self._records[position.key].state}); forget() a finished one first")
@@ -93,14 +116,22 @@ class PositionBook:
                 f"position {holder!r}; the exchange reports one balance per token, so exits would collide"
             )
         record = PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
+        if self.journal is not None:
+            self._refuse_on_failed_journal()
+            try:
+                self.journal.track(record, self.clock.wall())
+            except JournalError as err:
+                # Not tracked: the caller learns it now. A journal that cannot take a track cannot be trusted
+                # with the exits that would follow.
+                self._journal_failed(record, "track", err)
+                raise
         self._records[position.key] = record
         self._live_by_token[position.token_id] = position.key
-        if self.journal is not None:
-            self.journal.track(record, self.clock.wall())
         return record
 
     def forget(self, key: str) -> None:
         """Drop a finished position."""
+        self._refuse_without_journal()
         record = self.get(key)
         if record.state not in FINAL_STATES:
             raise TransitionRefused(key, record.state, "forget",
@@ -108,20 +139,35 @@ class PositionBook:
         if key in self._unsettled:
             raise TransitionRefused(key, record.state, "forget",
                                     "its sale is not settled on chain yet; a failed settlement returns the shares")
+        if self.journal is not None:
+            try:
+                self.journal.forget(key)  # first: a failed forget leaves memory as the journal has it
+            except JournalError as err:
+                self._journal_failed(record, "forget", err)
+                raise
         del self._records[key]
         self._order_ids.pop(key, None)
-        if self.journal is not None:
-            self.journal.forget(key)
 
     def fire(self, record: PositionRecord, trigger: str, **payload: object) -> None:
         """Move the position through the machine and journal the move (before the caller acts on it)."""
+        self._refuse_without_journal()
+        if trigger == "request_exit":
+            self._refuse_on_failed_journal()
         source = record.state
         fire(record, trigger, **payload)
+        sent_at = payload.get("sent_at")
+        if isinstance(sent_at, datetime) and record.state is State.SELLING:
+            self._sent_at[record.key] = sent_at
         if self.journal is not None:
-            self.journal.transition(record, source, trigger, payload, self.clock.wall(),
-                                    order_id=self._order_ids.get(record.key))
+            try:
+                self.journal.transition(record, source, trigger, payload, self.clock.wall(),
+                                        order_id=self._order_ids.get(record.key))
+            except JournalError as err:
+                self._transition_not_journaled(record, source, trigger, err)
         if record.state is not State.SELLING:
             self._order_ids.pop(record.key, None)
+            self._noted_at.pop(record.key, None)
+            self._sent_at.pop(record.key, None)
 
     def release_token(self, record: PositionRecord) -> None:
         """A finished position gives its token up: a new position on that token may be tracked."""
@@ -130,22 +176,38 @@ class PositionBook:
 
     def note_order(self, record: PositionRecord, order_id: str) -> None:
         """The order about to be posted for the sell in flight; durable (journal on) before it is posted."""
+        self._refuse_without_journal()
         self._order_ids[record.key] = order_id
+        noted = self._noted_at[record.key] = self.clock.wall()
+        self._sent_at.pop(record.key, None)
         if self.journal is not None:
-            self.journal.note_order(record, order_id, self.clock.wall())
+            try:
+                self.journal.note_order(record, order_id, noted)
+            except JournalError as err:
+                # The intent is not durable, so the order must not exist: nothing is sent, back to OPEN.
+                self._order_ids.pop(record.key, None)
+                self._noted_at.pop(record.key, None)
+                self._back_to_open(record, "sell_expired", err)
+                raise
 
     def follow_settlement(self, record: PositionRecord, fill: Fill) -> None:
         """A fill with trade ids is matched on the book, not yet settled on chain: keep it until it is."""
         if fill.trade_ids:
             self._unsettled[record.key] = fill
             if self.journal is not None:
-                self.journal.note_settlement(record, fill, "settlement_pending", self.clock.wall())
+                try:
+                    self.journal.note_settlement(record, fill, "settlement_pending", self.clock.wall())
+                except JournalError as err:
+                    self._journal_failed(record, "settlement_pending", err)
 
     def end_settlement(self, record: PositionRecord, status: str) -> None:
         """The exchange said how the sale's settlement ended (`status`: settled or failed)."""
         del self._unsettled[record.key]
         if self.journal is not None:
-            self.journal.note_settlement(record, None, status, self.clock.wall())
+            try:
+                self.journal.note_settlement(record, None, status, self.clock.wall())
+            except JournalError as err:
+                self._journal_failed(record, status, err)
 
     @contextmanager
     def reconciling(self, key: str) -> Iterator[None]:
@@ -186,13 +248,84 @@ class PositionBook:
                 live[record.token_id] = record.key
         self._records, self._live_by_token = records, live
         self._order_ids.update(order_ids)
+        for key, order_id in order_ids.items():
+            noted, sent = _order_times(journal.history(key), order_id)
+            if noted is not None:
+                self._noted_at[key] = noted
+            if sent is not None:
+                self._sent_at[key] = sent
         self._unsettled.update(unsettled)
-        self.journal = journal
+        self.journal, self.journal_closed = journal, False
         return list(records.values()), [
             Position(key=r.key, token_id=r.token_id, shares=micro_to_shares(r.expected), last_buy_at=r.last_buy_at)
             for r in pending.values()]
 
     def close_journal(self, journal: Journal) -> None:
-        """Memory only from here on; the journal's file and lock are released."""
-        self.journal = None
+        """The journal's file and lock are released; from here on every change is refused (EngineClosed)."""
+        self.journal, self.journal_closed = None, True
         journal.close()
+
+    # -- a journal write that fails (disk full, I/O error) --------------------------------------------
+
+    def _transition_not_journaled(self, record: PositionRecord, source: State, trigger: str,
+                                  err: JournalError) -> None:
+        """A transition moved in memory but not on disk. Before any order of the attempt exists (the start of an
+        exit, or its permit), it is undone: back to OPEN, nothing sent, and the caller gets the error. After
+        one may exist, memory keeps the truth (the journal still shows the sell in flight, which a restart
+        looks up) and the journal is marked failed: no new exit until a restart on a healthy journal."""
+        nothing_sent = source is State.OPEN or (source is State.VERIFYING and record.state is State.SELLING)
+        if nothing_sent and record.state is State.VERIFYING:
+            self._back_to_open(record, "verify_failed", err)
+            raise err
+        if nothing_sent and record.state is State.SELLING:
+            self._back_to_open(record, "sell_expired", err)
+            raise err
+        self._journal_failed(record, trigger, err)
+
+    def _back_to_open(self, record: PositionRecord, trigger: str, err: JournalError) -> None:
+        why = f"not journaled, so nothing was sent: {err}"
+        source = record.state
+        fire(record, trigger, **({"error": why} if trigger == "verify_failed" else {"reason": why}))
+        emit("journal_write_failed", key=record.key, token=record.token_id, trigger=trigger, error=str(err),
+             journal_failed=False)
+        if self.journal is not None:
+            try:  # for the trail; the journal already shows no order for this attempt, which reopens it
+                self.journal.transition(record, source, trigger, {"error": why}, self.clock.wall())
+            except JournalError:
+                pass
+
+    def _journal_failed(self, record: PositionRecord, trigger: str, err: JournalError) -> None:
+        if self.journal is not None:
+            self.journal.mark_failed(str(err))
+        emit("journal_write_failed", key=record.key, token=record.token_id, trigger=trigger, error=str(err),
+             journal_failed=True)
+
+    def _refuse_on_failed_journal(self) -> None:
+        if self.journal is not None and self.journal.failed is not None:
+            raise JournalError(self.journal.path, f"a write failed earlier ({self.journal.failed}): no new exit or "
+                                                  "track until the engine restarts on a healthy journal")
+
+    def _refuse_without_journal(self) -> None:
+        # Skipping the write would let memory and disk disagree without a word: a restart would redo it.
+        if self.journal_closed:
+            raise EngineClosed("the engine's journal is closed: no position may change any more")
+
+
+def _order_times(history: list[JournaledTransition], order_id: str) -> tuple[datetime | None, datetime | None]:
+    """From a position's journaled transitions: when `order_id` was noted before its post, and when it left
+    our hands (the last `sent_at` journaled after that note), each None when the journal does not say."""
+    noted: datetime | None = None
+    sent: datetime | None = None
+    for row in history:
+        if row.trigger == "order_signed" and row.payload.get("order_id") == order_id:
+            noted, sent = _when(row.wall_time), None
+        elif noted is not None and isinstance(row.payload.get("sent_at"), str):
+            sent = _when(row.payload["sent_at"]) or sent
+    return noted, sent
+
+
+def _when(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None

@@ -23,11 +23,13 @@ __all__ = [
     "OrderKilled",
     "OrderRejected",
     "PermitError",
+    "PermitExpired",
     "PositionConflict",
     "TransientError",
     "TransitionRefused",
     "UnknownOutcome",
     "UnknownPosition",
+    "WalletInUse",
     "answer_of",
 ]
 
@@ -68,6 +70,17 @@ class JournalError(RuntimeError):
         super().__init__(f"journal {self.path}: {why}")
 
 
+class WalletInUse(RuntimeError):
+    """Another live engine on this host trades the same wallet (exchange.wallet): two would sell the same
+    shares. Raised when the engine starts, before anything is sent."""
+
+    def __init__(self, wallet: str, pid: str) -> None:
+        self.wallet = wallet
+        self.pid = pid
+        super().__init__(f"wallet {wallet}: in use by another engine on this host (pid {pid}); one engine per "
+                         "wallet, or two would sell the same shares")
+
+
 class ExchangeError(Exception):
     """Base of every typed answer from an exchange adapter. Each class is one answer class of
     `states.answers.SellAnswer`; what the engine does with it is decided there (SELL_ANSWERS)."""
@@ -104,6 +117,13 @@ class OrderRejected(NotFilled):
     """Refused as malformed: price off tick, size below minimum or off step, duplicate, etc."""
 
     answer = SellAnswer.REJECTED
+
+
+class PermitExpired(NotFilled):
+    """The adapter did not send the order: by the time it was about to leave (after waiting for a worker
+    thread, a rate-limit slot, signing), the permit's verification was older than `permit_max_age`."""
+
+    answer = SellAnswer.EXPIRED
 
 
 class TransientError(ExchangeError):

@@ -5,8 +5,9 @@ decides the next state. The one sell path is: request_exit -> balance fetched ->
 permit fresh -> one FOK post of exactly the permit's shares.
 
 Beside it: the positions and the one place transitions fire (`book.py`), what is reported after one
-(`reports.py`), the sell step (`sell.py`), reconciliation (`reconcile.py`), warm-ups and settlements
-(`background.py`), restart recovery (`recovery.py`).
+(`reports.py`), the balance and rule reads (`verify.py`), the sell step (`sell.py`), reconciliation
+(`reconcile.py`) and the background resolution of unknown outcomes (`resolver.py`), warm-ups and settlements
+(`background.py`), restart recovery (`recovery.py`), the calls in flight and the shutdown (`gate.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,31 +29,35 @@ from exitguard.book import PositionBook
 from exitguard.clock import Clock, SystemClock
 from exitguard.errors import EngineClosed, ExchangeError, ExitRefused
 from exitguard.exchange.port import Exchange, SettlementStatus
+from exitguard.gate import Gate
+from exitguard.interrupt import cut_short, settle_interrupted
 from exitguard.journal import Journal
 from exitguard.position import ExitOutcome, ExitResult, Position
-from exitguard.reconcile import Reconciler
+from exitguard.reconcile import DEFAULT_LOOKUP_HORIZON, Reconciler
 from exitguard.recovery import RecoverySummary, recover
 from exitguard.reports import Reporter, balance_facts, log_fields
+from exitguard.resolver import Resolver
 from exitguard.retry import RetryPolicy
 from exitguard.sell import Seller
-from exitguard.settings import parse_count, parse_seconds
+from exitguard.settings import parse_backoff, parse_count, parse_seconds
 from exitguard.states import (
     DEFAULT_PERMIT_MAX_AGE,
     IN_FLIGHT_STATES,
     InvalidValue,
-    MarketRules,
     PositionRecord,
     Report,
     State,
     assess_balance,
     micro_to_shares,
-    on_interrupt,
+    parse_excess,
     parse_price,
-    parse_raw_balance,
+    verify_divergence,
 )
 from exitguard.telemetry.divergence import DivergenceDetector
 from exitguard.telemetry.logs import emit, enabled
 from exitguard.telemetry.metrics import EngineMetrics
+from exitguard.verify import Verifier, check_tick
+from exitguard.wallet_lock import holding_wallet
 
 DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
 UNSETTLED_ZERO = "balance 0 inside the settlement window of the last buy: the cache may lag the buy"
@@ -64,7 +68,14 @@ class ExitEngine:
 
     `journal=path` makes the engine crash-safe: every transition is written (fsync'd) to a SQLite journal
     before the engine acts on it; on entry the engine takes the journal's lock (one engine per file),
-    restores the positions and settles whatever was in flight before returning.
+    restores the positions, reopens what was surely not sent and hands what may have been sent to the
+    background resolver, then returns: exits can start while those lookups run.
+
+    Unknown outcomes resolve themselves: lookups retried from `resolve_backoff[0]` seconds, doubling to
+    `resolve_backoff[1]`, at most `resolve_concurrency` at once; an order the exchange does not show, with no
+    trade of it, counts as unfilled only `lookup_horizon` seconds after it left our hands. Leaving the block
+    refuses new calls and gives exits in flight `shutdown_grace` seconds; one that outlives it is cancelled
+    and left truthful (UNKNOWN if its order may have left, with the order id journaled).
     """
 
     def __init__(
@@ -82,6 +93,11 @@ class ExitEngine:
         divergence: DivergenceDetector | None = None,
         attempt_ids: Callable[[], str] | None = None,
         settlement_poll_interval: float | None = 2.0,
+        excess: str = "sell",
+        shutdown_grace: float = 10.0,
+        resolve_backoff: tuple[float, float] = (0.5, 30.0),
+        resolve_concurrency: int = 16,
+        lookup_horizon: float = DEFAULT_LOOKUP_HORIZON,
     ) -> None:
         if journal is not None and (not isinstance(journal, (str, os.PathLike)) or str(journal) in ("", ":memory:")):
             raise InvalidValue("journal", journal, "must be None or the path of a journal file (it must survive "
@@ -89,9 +105,12 @@ class ExitEngine:
         self.journal_path = None if journal is None else Path(journal)
         self.recovery: RecoverySummary | None = None
         parse_count(max_concurrent_exits, "max_concurrent_exits")
+        parse_count(resolve_concurrency, "resolve_concurrency")
         poll = 1.0 if settlement_poll_interval is None else settlement_poll_interval
+        first_delay, max_delay = parse_backoff(resolve_backoff, "resolve_backoff")
         for name, seconds in (("permit_max_age", permit_max_age), ("verify_timeout", verify_timeout),
-                              ("sell_timeout", sell_timeout), ("settlement_poll_interval", poll)):
+                              ("sell_timeout", sell_timeout), ("settlement_poll_interval", poll),
+                              ("shutdown_grace", shutdown_grace), ("lookup_horizon", lookup_horizon)):
             parse_seconds(seconds, name)
         if not isinstance(settlement_window, timedelta) or settlement_window < timedelta(0):
             raise InvalidValue("settlement_window", settlement_window, "must be a timedelta >= 0")
@@ -107,22 +126,27 @@ class ExitEngine:
         self.metrics = EngineMetrics()
         self.settlement_poll_interval = settlement_poll_interval
         self._attempt_ids = attempt_ids or (lambda: uuid.uuid4().hex)
+        self.excess = parse_excess(excess)  # "cap": never sell more than tracked (states.Excess)
         self._book = PositionBook(self.clock)
         self._report = Reporter(self._book, self.metrics, self.divergence)
         self._warm_ups = WarmUps(exchange)
         self._settlements = Settlements(exchange, self._book, self._report, self.track, verify_timeout)
+        self._verify = Verifier(exchange, self.metrics)
         self._reconciler = Reconciler(exchange, self._book, self._report, self._settlements,
-                                      partial(self._read_balance, refresh=True), verify_timeout)
-        self._rules: dict[str, MarketRules] = {}
-        self._cache_suspect: set[str] = set()
-        """Tokens whose exchange balance cache read higher than the exchange would sell: refresh first."""
+                                      self._verify.fresh_balance, verify_timeout, horizon=lookup_horizon,
+                                      post_deadline=sell_timeout, clock=self.clock)
+        self._resolver = Resolver(self._book, self._report, self.clock, self._reconciler.reconcile,
+                                  self._verify.distrust_balance, concurrency=resolve_concurrency,
+                                  first_delay=first_delay, max_delay=max_delay)
+        self.metrics.unresolved_age = self._resolver.oldest_age
         self._seller = Seller(exchange, self._book, self._report, self._settlements, self.clock, self.metrics,
                               permit_max_age=permit_max_age, timeout=sell_timeout,
-                              distrust_balance=self._cache_suspect.add, distrust_rules=self._forget_rules)
+                              distrust_balance=self._verify.distrust_balance, distrust_rules=self._verify.forget_rules)
         self._lifetime: AsyncExitStack | None = None
         self._limiter: anyio.CapacityLimiter | None = None
-        self._running = 0
-        self._idle: anyio.Event | None = None
+        self._gate = Gate(shutdown_grace)
+        self._exiting: set[str] = set()
+        """Keys with an exit() running now: another exit() of them is IN_PROGRESS."""
 
     @property
     def journal(self) -> Journal | None:
@@ -149,6 +173,7 @@ class ExitEngine:
 
     async def _start(self, lifetime: AsyncExitStack) -> None:
         """Everything the engine starts is entered on `lifetime`, which stops it in reverse order."""
+        lifetime.callback(self._gate.closed)
         restored: list[PositionRecord] = []
         if self.journal_path is not None:
             journal = Journal.open(self.journal_path)
@@ -156,26 +181,27 @@ class ExitEngine:
             restored, untracked = self._book.restore(journal)
             for position in untracked:
                 self.track(position)
+        lifetime.enter_context(holding_wallet(self.exchange))  # after the journal's lock: its refusal names it
         self._limiter = anyio.CapacityLimiter(self.max_concurrent_exits)
-        lifetime.callback(self._refuse_exits)
-        # Warm-ups and settlement polling run beside the exits; they never decide a state by themselves.
+        # Warm-ups, settlement polling and the resolution of unknown outcomes run beside the exits; the task
+        # group is cancelled before the journal closes, so none of them outlives it.
         background = await lifetime.enter_async_context(anyio.create_task_group())
         lifetime.callback(background.cancel_scope.cancel)
         lifetime.enter_context(self._warm_ups.running(background, self._book.open_tokens()))
+        lifetime.enter_context(self._resolver.running(background))
         if self.settlement_poll_interval is not None:
             background.start_soon(self._settlements.poll, self.settlement_poll_interval)
         if self.journal_path is not None:
-            # Whatever was in flight when the last engine died is settled before any new exit can start.
-            self.recovery = await recover(self._book, restored, journal=self.journal_path,
-                                          reconcile=self.reconcile, report=self._report)
+            # What was in flight when the last engine died is made truthful before any new exit can start;
+            # the lookups of what may have been sent run in the background (an outage must not hold the start).
+            self.recovery = recover(self._book, restored, journal=self.journal_path, resolve=self._resolver.submit,
+                                    filled_before=self._verify.distrust_balance, report=self._report)
+        self._gate.open()
 
     async def _stop(self) -> None:
-        # Exits started through this engine finish (each bounded by its own timeouts) before the block
-        # ends, so leaving it never abandons a sell whose answer nobody will read.
-        if self._running:
-            self._idle = anyio.Event()
-            with anyio.CancelScope(shield=True):
-                await self._idle.wait()
+        # Calls in flight finish (each bounded by its own timeouts, and all by `shutdown_grace`) before the
+        # background stops and the journal closes: leaving never abandons a sell whose answer nobody reads.
+        await self._gate.close()
         lifetime = self._lifetime
         try:
             if lifetime is not None:
@@ -185,15 +211,13 @@ class ExitEngine:
         finally:
             self._lifetime = None
 
-    def _refuse_exits(self) -> None:
-        self._limiter = None
-
     # -- positions ---------------------------------------------------------------------------------
 
     def track(self, position: Position) -> None:
         """Start tracking a position. One live (unfinished) position per key and per token."""
         if not isinstance(position, Position):
             raise InvalidValue("position", position, "must be an exitguard Position")
+        self._gate.check_track(journaled=self.journal_path is not None)
         self._book.track(position)
         if enabled("position_tracked"):
             emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
@@ -214,8 +238,18 @@ class ExitEngine:
         return self._book.counts_by_state()
 
     def unresolved(self) -> list[str]:
-        """Keys whose sell outcome is unknown: each needs `reconcile(key)`."""
+        """Keys whose sell outcome is unknown; the engine looks each up in the background until it settles."""
         return self._book.unresolved()
+
+    async def resolve_unknowns(self) -> dict[str, ExitResult]:
+        """Look every unknown outcome up once, now (concurrently, `resolve_concurrency` at a time), and
+        return what each lookup found (UNKNOWN: still unknown; the background retries go on)."""
+        results: dict[str, ExitResult] = {}
+        async with self._gate.call():
+            results = await self._resolver.resolve_all()
+            for result in results.values():
+                self._report.counted(result)
+        return results
 
     def unsettled(self) -> list[str]:
         """CLOSED keys whose fill is matched but not yet settled on chain (see `check_settlements`)."""
@@ -227,47 +261,57 @@ class ExitEngine:
 
         Runs every `settlement_poll_interval` seconds inside the engine; callable directly (tests, bots
         that poll on their own schedule with `settlement_poll_interval=None`)."""
-        self._require_running()
-        return await self._settlements.check()
-
-    def _require_running(self) -> anyio.CapacityLimiter:
-        if self._limiter is None:
-            raise EngineClosed("use the engine inside `async with ExitEngine(...) as engine:`")
-        return self._limiter
+        answers: dict[str, SettlementStatus] = {}
+        async with self._gate.call():
+            answers = await self._settlements.check()
+        return answers
 
     # -- exit --------------------------------------------------------------------------------------
 
     async def exit(self, key: str, *, reason: str, limit_price: Decimal) -> ExitResult:
         """Exit the position: verify the balance, then sell exactly what the exchange confirmed.
 
-        Never raises for exchange trouble: the answer is in `result.outcome`. Raises for bad input
-        (unknown key, bad price or reason, a finished position), before anything is sent.
+        An unknown outcome is looked up at once: CLOSED or ALREADY_EXITED if the order filled or the shares
+        are gone, UNKNOWN while it stays unknown; proven not filled, a fresh verification and sell follow.
+        IN_PROGRESS only while another exit of the position runs. Never raises for exchange trouble: the
+        answer is in `result.outcome`. Raises for bad input (unknown key, bad price or reason, a finished
+        position) before anything is sent, and EngineClosed outside the engine's block or while it closes.
         """
-        limiter = self._require_running()
+        self._gate.check()
         record = self._book.get(key)
         price = parse_price(limit_price, "limit_price")
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidValue("reason", reason, "must be a non-empty string")
-        if record.state in IN_FLIGHT_STATES or self._book.is_reconciling(key):
+        if key in self._exiting or (record.state in IN_FLIGHT_STATES and not record.unresolved):
             emit("exit_in_progress_refused", **log_fields(record, None), state=str(record.state),
                  reason=reason)
             return self._report.counted(self._report.finish(record, ExitOutcome.IN_PROGRESS, attempts=0))
-        if record.state is not State.OPEN:
+        if record.state is not State.OPEN and not record.unresolved:
             raise ExitRefused(key, record.state)
-        rules = self._rules.get(record.token_id)
+        rules = self._verify.cached_rules(record.token_id)
         if rules is not None:
-            self._check_tick(price, rules)
-        # The state moves to VERIFYING before the first await: a racing exit() sees it and is refused.
-        self._book.fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
-        self._running += 1
+            check_tick(price, rules)
+        # Marked before the first await: a racing exit() sees it and is refused.
+        self._exiting.add(key)
         try:
-            async with limiter:
-                return self._report.counted(await self._run_attempts(record, reason, price))
+            async with self._gate.call():
+                if record.unresolved:
+                    found = await self._resolver.resolve(record)
+                    if record.state is not State.OPEN:
+                        return self._report.counted(found)
+                self._book.fire(record, "request_exit", reason=reason, limit_price=price,
+                                attempt_id=self._attempt_ids())
+                try:
+                    assert self._limiter is not None, "the gate is open only while the engine runs"
+                    async with self._limiter:
+                        return self._report.counted(await self._run_attempts(record, reason, price))
+                finally:
+                    settle_interrupted(self._book, self._report, record)
+            # Only reached when the shutdown's grace period ran out and cancelled this exit.
+            return cut_short(self._book, self._report, record, self._gate.grace)
         finally:
-            self._settle_interrupted(record)
-            self._running -= 1
-            if self._running == 0 and self._idle is not None:
-                self._idle.set()
+            self._exiting.discard(key)
+            self._resolver.submit(record)
 
     async def _run_attempts(self, record: PositionRecord, reason: str, first_price: Decimal) -> ExitResult:
         price = first_price
@@ -276,7 +320,8 @@ class ExitEngine:
             result, retryable = await self._attempt(record, price, attempts)
             if not retryable or attempts >= self.retry.max_attempts:
                 return result
-            next_price = self.retry.next_price(first_price, price, self._rules[record.token_id].tick_size)
+            rules = self._verify.cached_rules(record.token_id)
+            next_price = None if rules is None else self.retry.next_price(first_price, price, rules.tick_size)
             if next_price is None:
                 return result
             emit("exit_retrying", **log_fields(record, result.verify_latency), next_attempt=attempts + 1,
@@ -291,9 +336,9 @@ class ExitEngine:
         started = self.clock.monotonic()
         try:
             with anyio.fail_after(self.verify_timeout):
-                rules = await self._market_rules(token)
-                self._check_tick(price, rules)
-                balance = await self._verified_balance(record)
+                rules = await self._verify.rules(token)
+                check_tick(price, rules)
+                balance = await self._verify.balance(record)
         except (ExchangeError, InvalidValue, TimeoutError) as err:
             latency = self.clock.monotonic() - started
             error = str(err) or f"no answer within {self.verify_timeout}s"
@@ -305,7 +350,7 @@ class ExitEngine:
         latency = verified_at - started
         self.metrics.verify_latency_recorder.record(latency)
         verdict = assess_balance(record.expected, balance, rules, last_buy_at=record.last_buy_at,
-                                 now=self.clock.wall(), settlement_window=self.settlement_window)
+                                 now=self.clock.wall(), settlement_window=self.settlement_window, excess=self.excess)
         self._book.fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
         context = log_fields(record, latency)
         if record.state is State.SELLING:
@@ -319,66 +364,25 @@ class ExitEngine:
         return self._finish(record, report, attempts=attempts, price=price, latency=latency,
                             error=UNSETTLED_ZERO if record.state is State.OPEN else None), False
 
-    async def _verified_balance(self, record: PositionRecord) -> int:
-        """The exchange's balance in micro-shares. A reading below the expected shares may be the
-        exchange's cache lagging a buy, so it is refreshed and read once more before it counts; after
-        the exchange refused a sell for lack of balance, the cache is refreshed before the first read."""
-        token = record.token_id
-        if token in self._cache_suspect:
-            self._cache_suspect.discard(token)
-            return await self._read_balance(token, refresh=True)
-        balance = await self._read_balance(token, refresh=False)
-        if balance < record.expected:
-            balance = await self._read_balance(token, refresh=True)
-        return balance
-
-    async def _read_balance(self, token: str, *, refresh: bool) -> int:
-        """One balance read in micro-shares, after a cache refresh when asked; malformed answers raise."""
-        if refresh:
-            await self.exchange.refresh_balance(token)
-            self.metrics.balance_refreshes += 1
-        return parse_raw_balance(await self.exchange.get_balance(token), f"balance[token_id={token}]")
-
-    def _forget_rules(self, token: str) -> None:
-        self._rules.pop(token, None)
-
-    async def _market_rules(self, token: str) -> MarketRules:
-        rules = self._rules.get(token)
-        if rules is None:
-            rules = await self.exchange.market_rules(token)
-            if not isinstance(rules, MarketRules):
-                raise InvalidValue(f"market_rules[token_id={token}]", rules, "the exchange returned no MarketRules")
-            self._rules[token] = rules
-        return rules
-
     # -- reconciliation ----------------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> ExitResult:
-        """Settle an unknown sell outcome by order lookup and balance: CLOSED, OPEN or RECONCILED.
-
-        Never resends. If the lookup itself fails, the position stays SELLING (outcome UNKNOWN).
-        """
-        self._require_running()
-        return self._report.counted(await self._reconciler.reconcile(self._book.get(key)))
+        """Look an unknown sell outcome up now (the engine also does so in the background): CLOSED, OPEN or
+        RECONCILED once it settles. Never resends. While it stays unknown: SELLING, outcome UNKNOWN."""
+        self._gate.check()
+        record = self._book.get(key)
+        async with self._gate.call():
+            return self._report.counted(await self._resolver.resolve(record))
+        return cut_short(self._book, self._report, record, self._gate.grace)
 
     # -- shared steps ------------------------------------------------------------------------------
-
-    def _settle_interrupted(self, record: PositionRecord) -> None:
-        """After a cancelled exit, leave the record in a state that tells the truth (states.INTERRUPTED)."""
-        settle = on_interrupt(record.state, record.unresolved, record.inflight is not None)
-        if settle is None:
-            return
-        sent = record.inflight.shares if record.inflight is not None else None
-        self._book.fire(record, settle.trigger, **settle.payload)
-        if settle.divergence is not None:
-            self._report.diverge(settle.divergence, record, sent, None)
-        emit("exit_interrupted", **log_fields(record, None), state=str(record.state), unresolved=record.unresolved)
 
     def _verify_failed(self, record: PositionRecord, err: Exception, error: str, price: Decimal, attempts: int,
                        latency: float) -> ExitResult:
         self._book.fire(record, "verify_failed", error=error)
         report = self._report.after(record, "verify_failed", log_fields(record, latency), error=error,
-                                    error_type=type(err).__name__)
+                                    error_type=type(err).__name__, divergence=verify_divergence(err),
+                                    between=(record.expected, None))
         return self._finish(record, report, attempts=attempts, price=price, latency=latency, error=error)
 
     def _finish(self, record: PositionRecord, report: Report, **result: Any) -> ExitResult:
@@ -386,8 +390,3 @@ class ExitEngine:
         if report.outcome is ExitOutcome.VERIFY_FAILED:
             self.metrics.verify_failures += 1
         return self._report.finish(record, report.outcome, **result)
-
-    @staticmethod
-    def _check_tick(price: Decimal, rules: MarketRules) -> None:
-        if not rules.price_is_on_tick(price):
-            raise InvalidValue("limit_price", price, f"not on the market's tick size {rules.tick_size}")

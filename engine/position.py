@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from exitguard.states import ExitOutcome, InvalidValue, micro_to_shares, shares_to_micro
@@ -42,6 +42,20 @@ class Position:
     @property
     def micro_shares(self) -> int:
         return self._micro
+
+
+MAX_CLOCK_SKEW = timedelta(seconds=5)
+"""How far a position's `last_buy_at` may lie ahead of the engine's clock (two hosts' clocks disagree a little)."""
+
+
+def refuse_future_buy(position: Position, now: datetime) -> None:
+    """A `last_buy_at` in the future keeps the settlement window open for as long as it lies ahead, so a
+    real "already exited" would read as a lagging cache; beyond clock skew it is a bug in the caller."""
+    if position.last_buy_at is not None and position.last_buy_at - now > MAX_CLOCK_SKEW:
+        raise InvalidValue("last_buy_at", position.last_buy_at,
+                           f"is {(position.last_buy_at - now).total_seconds():.0f}s ahead of the engine's clock "
+                           f"({now.isoformat()}); at most {MAX_CLOCK_SKEW.total_seconds():.0f}s of clock skew is "
+                           "allowed")
 
 __all__ = ["ExitOutcome", "ExitResult", "Position"]
 

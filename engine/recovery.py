@@ -1,21 +1,23 @@
-"""Restart recovery: what a journal left in flight is settled before a new exit may start.
+"""Restart recovery: what a journal left in flight is made truthful before a new exit may start.
+
+Synchronous, with no I/O, so that a restart during an exchange outage does not wait for a thousand
+lookups before the first exit:
 
 - VERIFYING: no order was sent (the order id is journaled before any post) -> OPEN.
 - SELLING without a journaled order id: the post never happened -> OPEN.
-- SELLING with an order id, or flagged unknown: the order may have executed -> order lookup plus
-  balance, through the same reconciliation as a live unknown outcome -> CLOSED / OPEN / RECONCILED.
-  If the lookup fails, the position stays SELLING (unresolved): exits of it are refused until a later
-  `reconcile(key)` succeeds.
+- SELLING with an order id, or flagged unknown: the order may have executed -> SELLING, flagged unknown,
+  handed to the background resolver (engine/resolver.py): order lookups, concurrent and bounded, retried
+  with backoff until each outcome settles (CLOSED / OPEN / RECONCILED). Meanwhile every other position
+  can be exited; an exit of a handed-over one tries a lookup at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exitguard.book import PositionBook
-from exitguard.position import ExitOutcome, ExitResult
 from exitguard.reports import Reporter
 from exitguard.states import DivergenceKind, PositionRecord, State, on_restart
 from exitguard.telemetry.logs import emit
@@ -29,41 +31,36 @@ class RecoverySummary:
     """States after recovery."""
     reopened: list[str] = field(default_factory=list)
     """Caught verifying, or selling with nothing sent: back to OPEN."""
-    reconciled: dict[str, ExitOutcome] = field(default_factory=dict)
-    """Possibly sent: settled by lookup (CLOSED, NOT_FILLED -> OPEN, ALREADY_EXITED -> RECONCILED)."""
-    unresolved: list[str] = field(default_factory=list)
-    """The lookup failed: still SELLING, exits refused until `reconcile(key)` succeeds."""
+    resolving: list[str] = field(default_factory=list)
+    """Possibly sent: SELLING, flagged unknown, handed to the background resolver (see
+    `ExitEngine.resolve_unknowns` to wait for a round of lookups)."""
 
 
-async def recover(book: PositionBook, restored: list[PositionRecord], *, journal: Path,
-                  reconcile: Callable[[str], Awaitable[ExitResult]], report: Reporter) -> RecoverySummary:
-    """Settle what `restored` (the journal's positions, just loaded into `book`) left in flight.
-    `reconcile` is the engine's own `reconcile(key)`: a possibly sent order is settled as a live one is."""
+def recover(book: PositionBook, restored: list[PositionRecord], *, journal: Path,
+            resolve: Callable[[PositionRecord], None], filled_before: Callable[[str], None],
+            report: Reporter) -> RecoverySummary:
+    """Make what `restored` (the journal's positions, just loaded into `book`) left in flight truthful.
+    `resolve(record)` hands a possibly sent order to the background resolver; `filled_before(token)`
+    hears of each token a journaled fill sold (the exchange's balance cache may still show the shares)."""
     reopened: list[str] = []
-    to_settle: list[str] = []
+    resolving: list[str] = []
     for record in restored:
         settle = on_restart(record.state, record.unresolved, book.order_id(record.key) is not None)
         if settle is not None:
             book.fire(record, settle.trigger, **settle.payload)
         if record.state is State.SELLING:
-            to_settle.append(record.key)
+            resolving.append(record.key)
+            # Memory says sent, the exchange has not said: an unknown outcome, as a live lost answer is.
+            report.diverge(DivergenceKind.UNKNOWN_OUTCOME, record,
+                           record.inflight.shares if record.inflight else None, None)
+            resolve(record)
+        elif record.state is State.CLOSED:
+            filled_before(record.token_id)
         elif settle is not None:
             reopened.append(record.key)
             emit("recovery_reopened", key=record.key, token=record.token_id, attempt_id=record.attempt_id)
-    reconciled: dict[str, ExitOutcome] = {}
-    unresolved: list[str] = []
-    for key in to_settle:
-        result = await reconcile(key)
-        if result.outcome is ExitOutcome.UNKNOWN:
-            unresolved.append(key)
-            record = book.get(key)
-            report.diverge(DivergenceKind.UNKNOWN_OUTCOME, record,
-                           record.inflight.shares if record.inflight else None, None)
-        else:
-            reconciled[key] = result.outcome
     summary = RecoverySummary(positions=len(restored), by_state=dict(sorted(book.counts_by_state().items())),
-                              reopened=reopened, reconciled=reconciled, unresolved=unresolved)
+                              reopened=reopened, resolving=resolving)
     emit("recovery_summary", journal=str(journal), positions=summary.positions,
-         by_state=summary.by_state, reopened=len(reopened),
-         reconciled={key: str(outcome) for key, outcome in reconciled.items()}, unresolved=unresolved)
+         by_state=summary.by_state, reopened=len(reopened), resolving=resolving)
     return summary

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from exitguard.settings import parse_count
-from exitguard.states import InvalidValue, shares_to_micro, stepped_down_price
+from exitguard.states import InvalidValue, exact, shares_to_micro, stepped_down_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,4 +32,6 @@ class RetryPolicy:
         """Limit for the next attempt, or None when the policy allows no further attempt at any price."""
         if self.step_ticks == 0:
             return current
-        return stepped_down_price(current, tick_size, self.step_ticks, first_limit - self.max_slippage)
+        with exact():
+            floor = first_limit - self.max_slippage
+        return stepped_down_price(current, tick_size, self.step_ticks, floor)

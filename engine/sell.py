@@ -16,8 +16,8 @@ import anyio
 from exitguard.background import Settlements
 from exitguard.book import PositionBook
 from exitguard.clock import Clock
-from exitguard.errors import answer_of
-from exitguard.exchange.port import Exchange
+from exitguard.errors import JournalError, UnknownOutcome, answer_of
+from exitguard.exchange.port import Exchange, Fill, SellDeadline
 from exitguard.position import ExitResult
 from exitguard.reports import Reporter, log_fields
 from exitguard.states import (
@@ -26,6 +26,8 @@ from exitguard.states import (
     AnswerEffect,
     PositionRecord,
     Report,
+    SellAnswer,
+    SellPermit,
     micro_to_shares,
     permit_is_fresh,
     take_permit,
@@ -60,14 +62,11 @@ class Seller:
         may follow (only after a killed FOK)."""
         permit = take_permit(record)
         context = log_fields(record, latency)
-        now = self.clock.monotonic()
-        age = now - permit.verified_at
-        if not permit_is_fresh(permit, now, self.permit_max_age):
-            error = f"sell permit {age:.3f}s old (max {self.permit_max_age}s); nothing sent"
-            self.book.fire(record, "sell_expired", reason=error)
-            report = self.report.after(record, "sell_expired", context, permit_age_s=round(age, 3),
-                                       max_age_s=self.permit_max_age)
-            return self._result(record, report, attempts, price, latency, error=error), False
+        if not permit_is_fresh(permit, self.clock.monotonic(), self.permit_max_age):
+            return self._expired(record, permit, context, attempts, price, latency), False
+        # Checked once more by the adapter when the order is about to leave, after its own waits (a worker
+        # thread, a rate-limit slot, signing): a verification may age past its limit inside `sell`.
+        deadline = SellDeadline(permit.verified_at + self.permit_max_age, self.clock.monotonic)
         started = self.clock.monotonic()
         try:
             with anyio.fail_after(self.timeout):
@@ -76,12 +75,23 @@ class Seller:
                     # recovery looks up exactly this order instead of guessing.
                     order_id = await self.exchange.prepare_sell(permit, price)
                     self.book.note_order(record, order_id)
-                fill = await self.exchange.sell(permit, price)
+                fill = await self.exchange.sell(permit, price, deadline=deadline)
+                if not readable_fill(fill, permit):
+                    # The order left and the answer is no fill we can read: it may have executed (issue 11 A.1).
+                    raise UnknownOutcome(f"the exchange answered the sell with no readable Fill: {str(fill)[:200]}")
+        except JournalError:
+            raise  # the order id could not be journaled: the book put the position back to OPEN, nothing sent
         except Exception as err:  # noqa: BLE001 - the answer table says what each class of error means
-            rule = SELL_ANSWERS[answer_of(err)]
+            answer = answer_of(err)
+            if answer is SellAnswer.EXPIRED:
+                return self._expired(record, permit, context, attempts, price, latency, str(err)), False
+            rule = SELL_ANSWERS[answer]
             error = str(err) or f"no answer within {self.timeout}s ({type(err).__name__})"
-            payload = {"error": error} if rule.trigger == "sell_unknown" else {"reason": error,
-                                                                              "definitely_not_filled": True}
+            # An unknown outcome's lookup horizon counts from now, when the call that sent it returned: journaled
+            # with the trigger, so a restarted engine counts from the same moment.
+            payload: dict[str, object] = {"error": error, "sent_at": self.clock.wall()}
+            if rule.trigger != "sell_unknown":
+                payload = {"reason": error, "definitely_not_filled": True}
             self.book.fire(record, rule.trigger, **payload)
             for effect in rule.effects:
                 self.effects[effect](record.token_id)
@@ -93,13 +103,35 @@ class Seller:
         if fill.shares != permit.shares:
             self.report.tell(FILL_MISMATCH, record, context, (permit.shares, fill.shares))
         self.book.fire(record, "sell_filled", shares=fill.shares)
+        for effect in SELL_ANSWERS[SellAnswer.FILLED].effects:
+            self.effects[effect](record.token_id)
         report = self.report.after(record, "sell_filled", context, shares=micro_to_shares(fill.shares),
                                    avg_price=fill.avg_price, limit_price=price, order_id=fill.order_id,
                                    settlement_pending=bool(fill.trade_ids))
         self.settlements.follow(record, fill)
         return self._result(record, report, attempts, price, latency, order_id=fill.order_id), False
 
+    def _expired(self, record: PositionRecord, permit: SellPermit, context: dict[str, object], attempts: int,
+                 price: Decimal, latency: float, why: str | None = None) -> ExitResult:
+        """The permit went stale before the order left (here, or in the adapter after its waits): nothing sent."""
+        age = self.clock.monotonic() - permit.verified_at
+        error = why or f"sell permit {age:.3f}s old (max {self.permit_max_age}s); nothing sent"
+        self.book.fire(record, "sell_expired", reason=error)
+        report = self.report.after(record, "sell_expired", context, permit_age_s=round(age, 3),
+                                   max_age_s=self.permit_max_age)
+        return self._result(record, report, attempts, price, latency, error=error)
+
     def _result(self, record: PositionRecord, report: Report, attempts: int, price: Decimal, latency: float,
                 **result: Any) -> ExitResult:
         assert report.outcome is not None, "an edge that ends an exit names its outcome"
         return self.report.finish(record, report.outcome, attempts=attempts, price=price, latency=latency, **result)
+
+
+def readable_fill(fill: object, permit: SellPermit) -> bool:
+    """A Fill of at least one and at most the permit's micro-shares, at a price in (0, 1], naming an order.
+    Anything else an adapter hands back (None, a dict, text, an absurd amount) cannot be a "sold" to act on."""
+    if not isinstance(fill, Fill) or isinstance(fill.shares, bool) or not isinstance(fill.shares, int):
+        return False
+    price = fill.avg_price
+    return (0 < fill.shares <= permit.shares and isinstance(price, Decimal) and price.is_finite()
+            and 0 < price <= 1 and isinstance(fill.order_id, str) and isinstance(fill.trade_ids, tuple))

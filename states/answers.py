@@ -26,6 +26,9 @@ class SellAnswer(StrEnum):
     """Refused as malformed (tick, minimum size, step, credentials): nothing sold."""
     NOT_PROCESSED = "not_processed"
     """Rate limited, engine restarting or paused, or another definite "no": nothing sold."""
+    EXPIRED = "expired"
+    """The permit's verification grew older than `permit_max_age` while the order waited to leave (a worker
+    thread, a rate-limit slot, signing): the adapter did not send it. Nothing sold; no answer of the exchange."""
     UNKNOWN = "unknown"
     """Timeout, lost or unreadable answer: the order may have executed."""
 
@@ -50,35 +53,18 @@ A = SellAnswer
 E = AnswerEffect
 
 SELL_ANSWERS: dict[SellAnswer, AnswerRule] = {
-    A.FILLED: AnswerRule("sell_filled", retryable=False),
+    # Our own fill: the exchange's balance cache can still show the shares just sold.
+    A.FILLED: AnswerRule("sell_filled", retryable=False, effects=(E.REFRESH_BALANCE_FIRST,)),
     A.KILLED: AnswerRule("sell_killed", retryable=True),
     A.INSUFFICIENT_BALANCE: AnswerRule("sell_killed", retryable=False, effects=(E.REFRESH_BALANCE_FIRST,),
                                        divergence=DivergenceKind.INSUFFICIENT_BALANCE),
     A.REJECTED: AnswerRule("sell_killed", retryable=False, effects=(E.FORGET_MARKET_RULES,)),
     A.NOT_PROCESSED: AnswerRule("sell_killed", retryable=False),
+    # Checked by the adapter at the last moment (engine/exchange/port.py SellDeadline): not sent, so no "no" of
+    # the exchange either; its own edge says why nothing was sold.
+    A.EXPIRED: AnswerRule("sell_expired", retryable=False),
     # Resending blindly could sell the same shares twice: only a lookup may move the position on.
     A.UNKNOWN: AnswerRule("sell_unknown", retryable=False),
 }
 """Answer class -> (trigger, retryable, effects, divergence)."""
 
-
-class LookupStatus(StrEnum):
-    """What an order lookup found for a sell whose answer was lost."""
-
-    FILLED = "filled"
-    NOT_FILLED = "not_filled"
-    """The exchange knows the order and it did not fill (killed)."""
-    NOT_FOUND = "not_found"
-    """The exchange has no record of the order: it never arrived."""
-
-
-RESOLUTIONS: dict[tuple[LookupStatus, bool], str] = {
-    # (what the lookup found, the refreshed balance is zero) -> trigger
-    (LookupStatus.FILLED, False): "resolved_filled",
-    (LookupStatus.FILLED, True): "resolved_filled",
-    (LookupStatus.NOT_FILLED, True): "resolved_gone",
-    (LookupStatus.NOT_FILLED, False): "resolved_not_filled",
-    (LookupStatus.NOT_FOUND, True): "resolved_gone",
-    (LookupStatus.NOT_FOUND, False): "resolved_not_filled",
-}
-"""How a lookup plus a balance read settles an unknown outcome. A filled lookup needs no balance read."""

@@ -6,8 +6,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from exitguard.states.errors import InvalidValue
 from exitguard.states.market import MarketRules
 from exitguard.states.quantities import round_down_to_step
+
+
+class Excess(StrEnum):
+    """What an exit does with a verified balance above the tracked shares."""
+
+    SELL = "sell"
+    """Sell the verified balance (the original request: the exchange has the last word), with a mismatch event."""
+    CAP = "cap"
+    """Sell at most the tracked shares: for wallets that also hold shares of the token the bot does not manage."""
+
+
+def parse_excess(value: object) -> Excess:
+    """The `excess` setting, or InvalidValue naming it."""
+    if isinstance(value, str) and value in tuple(Excess):
+        return Excess(value)
+    raise InvalidValue("excess", value, f"must be one of {', '.join(repr(str(e)) for e in Excess)}")
 
 
 class BalanceKind(StrEnum):
@@ -50,15 +67,19 @@ def assess_balance(
     last_buy_at: datetime | None,
     now: datetime,
     settlement_window: timedelta,
+    excess: Excess = Excess.SELL,
 ) -> BalanceVerdict:
-    """Classify a verified balance. `now` comes from the caller: this module never reads a clock."""
+    """Classify a verified balance. `now` comes from the caller: this module never reads a clock.
+
+    With `Excess.CAP` the sell is at most the tracked shares (`expected`); zero and dust are decided as
+    without it, so a cap never turns "already exited" into a sale."""
     if actual < 0:
         raise ValueError(f"balance must be parsed before assessment, got {actual}")
     if actual == 0:
         settling = last_buy_at is not None and now - last_buy_at < settlement_window
         kind = BalanceKind.UNSETTLED_ZERO if settling else BalanceKind.ALREADY_EXITED
         return BalanceVerdict(kind, expected, 0, 0, 0)
-    sell = round_down_to_step(actual, rules.size_step)
+    sell = round_down_to_step(min(actual, expected) if excess is Excess.CAP else actual, rules.size_step)
     if sell >= max(rules.min_order_size, rules.size_step):
         return BalanceVerdict(BalanceKind.SELLABLE, expected, actual, sell, actual - sell)
     return BalanceVerdict(BalanceKind.DUST, expected, actual, 0, actual)

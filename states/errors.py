@@ -10,7 +10,26 @@ class InvalidValue(ValueError):
         self.field = field
         self.value = value
         self.why = why
-        super().__init__(f"{field}={value!r}: {why}")
+        super().__init__(f"{field}={shown(value)}: {why}")
+
+
+class QuantityOutOfBounds(InvalidValue):
+    """A quantity beyond the absolute bound (states.quantities.MAX_SHARES), or an exponent no real amount has.
+
+    From the caller it is bad input like any other; from the exchange it is an answer that cannot be true,
+    so the engine records a divergence and sells nothing on it."""
+
+
+SHOWN_CHARACTERS = 200
+
+
+def shown(value: object) -> str:
+    """The value's repr, cut short: an absurd input (a megabyte of digits) must not become an absurd message."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past Python's digit limit; a structure nested too deep
+        return f"<{type(value).__name__} too long to show>"
+    return text if len(text) <= SHOWN_CHARACTERS else f"{text[:SHOWN_CHARACTERS]}... ({len(text)} characters)"
 
 
 class TransitionRefused(RuntimeError):

@@ -4,9 +4,9 @@ from an exchange's figures lives with the exchanges (engine/exchange/rules.py)."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation, Rounded
 
-from exitguard.states.quantities import MICRO
+from exitguard.states.quantities import MICRO, exact
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,13 @@ class MarketRules:
     """Micro-shares (0.01 share)."""
 
     def price_is_on_tick(self, price: Decimal) -> bool:
-        return price % self.tick_size == 0
+        try:
+            with exact() as context:
+                remainder = price % self.tick_size
+        except InvalidOperation:  # a quotient past 60 digits: no price of a real market
+            return False
+        # A remainder that had to round (1E-999999999 underflows to 0) is no proof of a price on the tick.
+        return remainder == 0 and not context.flags[Rounded]
 
 
 def stepped_down_price(limit_price: Decimal, tick_size: Decimal, ticks: int, floor: Decimal) -> Decimal | None:
@@ -29,7 +35,8 @@ def stepped_down_price(limit_price: Decimal, tick_size: Decimal, ticks: int, flo
     A retry after a killed FOK may accept a slightly worse price, but never worse than the
     caller's stated maximum slippage: the floor is the caller's, not ours.
     """
-    price = limit_price - tick_size * ticks
+    with exact():
+        price = limit_price - tick_size * ticks
     if price < floor or price <= 0:
         return None
     return price

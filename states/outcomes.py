@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from exitguard.states.errors import QuantityOutOfBounds
 from exitguard.states.record import State
 
 
@@ -41,6 +42,12 @@ class DivergenceKind(StrEnum):
     INSUFFICIENT_BALANCE = "insufficient_balance"
     FILL_MISMATCH = "fill_mismatch"
     SETTLEMENT_FAILED = "settlement_failed"
+    ABSURD_QUANTITY = "absurd_quantity"
+    """The exchange answered a quantity that cannot be true (beyond states.MAX_SHARES, an overflowing
+    exponent): nothing is sold on it, and the exchange and we disagree about what the wallet holds."""
+    BALANCE_MOVED_WITHOUT_FILL = "balance_moved_without_fill"
+    """A lost sell proven unfilled (no trade of ours), yet the refreshed balance differs from the one the sell
+    was verified against: something other than our sell moved the shares, or the exchange's figures disagree."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +96,14 @@ BALANCE_MISMATCH = Report("exit_balance_mismatch", K.BALANCE_MISMATCH, None,
 """A sellable balance other than the expected shares: warn, and sell the verified balance."""
 FILL_MISMATCH = Report(None, K.FILL_MISMATCH, None)
 """A fill of other than the permit's shares (a FOK fills whole: the exchange and we disagree)."""
+
+VERIFY_DIVERGENCES: dict[type[Exception], DivergenceKind] = {
+    # "1e30" or 10^24 raw units: no wallet holds that; selling it would be an absurd order.
+    QuantityOutOfBounds: K.ABSURD_QUANTITY,
+}
+"""A verification that failed on one of these errors is also a divergence (exchange and memory disagree)."""
+
+
+def verify_divergence(error: Exception) -> DivergenceKind | None:
+    """The divergence a failed verification records, if its error is one (VERIFY_DIVERGENCES)."""
+    return next((kind for cls, kind in VERIFY_DIVERGENCES.items() if isinstance(error, cls)), None)

@@ -2,31 +2,68 @@
 
 Shares live as integer micro-shares: the exchange's raw 6-decimal units ("5000000" is 5 shares). A float
 never touches a quantity: 4.35 as a float is 4.3499999..., and rounding that down sells 4.34.
+
+Every Decimal operation of the library runs in `EXACT` (through `exact()`), never in the application's
+`decimal.getcontext()`: an application that sets precision 4, or traps Inexact, must change no result here,
+and nothing here changes its context.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from contextlib import AbstractContextManager
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 
-from exitguard.states.errors import InvalidValue
+from exitguard.states.errors import InvalidValue, QuantityOutOfBounds
 
 MICRO = 1_000_000
 """Raw units per share on Polymarket's conditional tokens."""
+
+MAX_SHARES = 10**12
+"""The absolute bound on any quantity, in shares. No wallet holds a trillion shares of one token: a larger
+figure is a typo, a unit error or a hostile answer, and acting on it would be an order for an absurd amount."""
+
+MAX_MICRO = MAX_SHARES * MICRO
+"""The same bound in raw units (10^18)."""
+
+EXACT = Context(prec=60, rounding=ROUND_HALF_EVEN, Emin=-999_999, Emax=999_999,
+                traps=[InvalidOperation, DivisionByZero, Overflow])
+"""The one decimal context of the library. 60 digits hold any bounded quantity times any price exactly;
+only averages (a price over several fills) round, at the 60th digit."""
+
+
+def exact() -> AbstractContextManager[Context]:
+    """`with exact():` runs the block in a fresh copy of EXACT; the caller's context is back afterwards."""
+    return localcontext(EXACT)
 
 
 def shares_to_micro(value: object, field: str = "shares") -> int:
     """Exact Decimal/int/str shares -> micro-shares. Refuses floats, NaN, infinities and sub-micro digits."""
     amount = _decimal(value, field)
-    micro = amount * MICRO
-    if micro != micro.to_integral_value():
+    if amount.copy_abs() > MAX_SHARES:
+        raise QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_SHARES:.0e} shares")
+    with exact() as context:
+        micro = amount.scaleb(6)
+        # Inexact: digits beyond what even 60 places hold, or an exponent so small it underflowed to 0.
+        finer = context.flags[Inexact] or micro != micro.to_integral_value()
+    if finer:
         raise InvalidValue(field, value, "more than 6 decimal places (finer than one micro-share)")
     return int(micro)
 
 
 def micro_to_shares(micro: int) -> Decimal:
     """Exact shares with no trailing zeros and no exponent: 10000000 -> Decimal("10")."""
-    value = Decimal(micro).scaleb(-6).normalize()
-    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
+    with exact():
+        value = Decimal(micro).scaleb(-6).normalize()
+        return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
 
 
 def parse_raw_balance(value: object, field: str = "balance") -> int:
@@ -40,7 +77,12 @@ def parse_raw_balance(value: object, field: str = "balance") -> int:
     raw = _decimal(value, field)
     if raw < 0:
         raise InvalidValue(field, value, "negative")
-    if raw != raw.to_integral_value():
+    if raw > MAX_MICRO:
+        raise QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_MICRO:.0e} raw units "
+                                                f"({MAX_SHARES:.0e} shares)")
+    with exact():
+        whole = raw == raw.to_integral_value()
+    if not whole:
         raise InvalidValue(field, value, "raw units must be a whole number")
     return int(raw)
 
@@ -65,7 +107,8 @@ def _decimal(value: object, field: str) -> Decimal:
         amount = value
     elif isinstance(value, (int, str)):
         try:
-            amount = Decimal(value.strip() if isinstance(value, str) else value)
+            with exact():  # a malformed string signals through the context: ours traps it
+                amount = Decimal(value.strip() if isinstance(value, str) else value)
         except InvalidOperation:
             raise InvalidValue(field, value, "not a number") from None
     else:

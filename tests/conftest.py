@@ -7,6 +7,7 @@ Also the guard that keeps the source folders from being imported under their own
 from __future__ import annotations
 
 import importlib.abc
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -41,6 +42,19 @@ class SourceFoldersAreNotPackages(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, SourceFoldersAreNotPackages())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wallet_locks_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Wallet locks (exitguard.wallet_lock) in a folder of this test run, inherited by the engine processes it
+    starts: two runs on one host (each with fakeclob's one test key) must not refuse each other's engines."""
+    before = os.environ.get("EXITGUARD_LOCK_DIR")
+    os.environ["EXITGUARD_LOCK_DIR"] = str(tmp_path_factory.mktemp("wallet-locks"))
+    yield
+    if before is None:
+        del os.environ["EXITGUARD_LOCK_DIR"]
+    else:
+        os.environ["EXITGUARD_LOCK_DIR"] = before
 
 
 @pytest.fixture

@@ -56,7 +56,9 @@ def run(args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys
         environ: Mapping[str, str] | None = None, ask: Callable[[str], str] | None = None) -> int:
     configure_logging(json=args.json_logs, level=args.log_level.upper())
     try:
-        shares = Position(key=OPERATOR_KEY, token_id=args.token, shares=_decimal(args.shares, "--shares")).shares
+        wanted = _decimal(args.shares, "--shares")
+        shares_to_micro(wanted, "--shares")  # beyond the bound or finer than a micro-share: named as typed
+        shares = Position(key=OPERATOR_KEY, token_id=args.token, shares=wanted).shares
         price = parse_price(_decimal(args.limit_price, "--limit-price"), "--limit-price")
         exchange, venue = (_live(environ) if args.live else _paper(args, shares, price))
     except InvalidValue as error:

@@ -81,7 +81,7 @@ def _status(journal: Journal, *, as_json: bool, out: TextIO) -> int:
            rows, out, right=(3, 4, 5, 6))
     if unresolved:
         print("\nunresolved outcomes: the sell may have executed; nothing may be sent for these until the "
-              "order is looked up (the engine does it when it starts, or `engine.reconcile(key)`):", file=out)
+              "order is looked up (a running engine does it in the background until it settles):", file=out)
         for p in unresolved:
             print(f"  {_in_flight_line(p)}", file=out)
     if in_flight:

@@ -23,6 +23,7 @@ from exitguard.cli.scenario import (
     run_scenario,
 )
 from exitguard.position import ExitOutcome, ExitResult
+from exitguard.states import exact
 from exitguard.telemetry.logs import configure_logging
 
 
@@ -85,7 +86,8 @@ def _summary(report: ScenarioReport, out: TextIO) -> None:
     sold: dict[str, Decimal] = {}
     last: dict[str, ExitResult] = {}
     for result in report.results:
-        sold[result.key] = sold.get(result.key, Decimal(0)) + result.shares_sold
+        with exact():
+            sold[result.key] = sold.get(result.key, Decimal(0)) + result.shares_sold
         if result.outcome is not ExitOutcome.IN_PROGRESS:
             last[result.key] = result
     print("\nSummary", file=out)

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from exitguard.cli.scenario_input import MAX_DEPTH, bounded_count, not_utf8, too_deep
 from exitguard.errors import (
     ExchangeError,
     ExitRefused,
@@ -46,8 +47,9 @@ from exitguard.exchange.paper import KILLED_MESSAGE, NO_BALANCE_MESSAGE, OPERATI
 from exitguard.exits import ExitEngine
 from exitguard.position import ExitResult, Position
 from exitguard.retry import RetryPolicy
-from exitguard.settings import parse_count, parse_seconds
+from exitguard.settings import parse_seconds
 from exitguard.states import InvalidValue, TransitionRefused, parse_price, shares_to_micro
+from exitguard.states.errors import shown
 
 FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
     "killed": lambda: OrderKilled(KILLED_MESSAGE, status=400),
@@ -68,7 +70,7 @@ class ScenarioError(ValueError):
 
     @classmethod
     def from_invalid(cls, source: str, line: int, err: InvalidValue) -> ScenarioError:
-        return cls(source, line, err.field, f"{err.value!r}: {err.why}")
+        return cls(source, line, err.field, f"{shown(err.value)}: {err.why}")
 
 
 @dataclass(frozen=True)
@@ -151,19 +153,19 @@ def _raw(value: Any, name: str) -> Any:
 
 
 _OPS: dict[str, dict[str, tuple[bool, Callable[[Any, str], Any]]]] = {
-    "engine": {"max_attempts": (False, parse_count), "step_ticks": (False, lambda v, n: parse_count(v, n, 0)),
+    "engine": {"max_attempts": (False, bounded_count()), "step_ticks": (False, bounded_count(0)),
                "max_slippage": (False, _shares)},
     "market": {"token": (True, _text), "tick_size": (False, _price), "min_order_size": (False, _shares)},
     "balance": {"token": (True, _text), "shares": (True, _shares)},
     "bids": {"token": (True, _text), "bids": (True, _bids)},
     "track": {"key": (True, _text), "token": (True, _text), "shares": (True, _positive_shares)},
     "exit": {"key": (True, _text), "reason": (True, _text), "limit_price": (True, _price),
-             "copies": (False, parse_count)},
+             "copies": (False, bounded_count())},
     "reconcile": {"key": (True, _text)},
     "fault": {"fault": (True, _choice(("fail_next", "lose_sell_response", "balance_lag", "corrupt_balance",
                                        "latency"))),
               "operation": (False, _choice(OPERATIONS)), "error": (False, _choice(tuple(FAULT_ERRORS))),
-              "count": (False, parse_count), "token": (False, _text), "delay": (False, _seconds),
+              "count": (False, bounded_count()), "token": (False, _text), "delay": (False, _seconds),
               "raw": (False, _raw), "seconds": (False, _seconds)},
 }
 """op -> field -> (required, converter(value, field_name))."""
@@ -179,10 +181,17 @@ def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
         line = raw_line.strip()
         if not line or line.startswith("#"):
             continue
+        deep = too_deep(line)
+        if deep is not None:
+            raise ScenarioError(source, number, deep, f"nested deeper than {MAX_DEPTH} levels")
         try:
             obj = json.loads(line, parse_float=JsonFloat)
         except json.JSONDecodeError as err:
             raise ScenarioError(source, number, "<line>", f"not valid JSON ({err.msg})") from None
+        except RecursionError:
+            raise ScenarioError(source, number, "<line>", f"nested deeper than {MAX_DEPTH} levels") from None
+        except ValueError as err:  # an integer past Python's digit limit
+            raise ScenarioError(source, number, "<line>", f"unreadable number ({shown(str(err))})") from None
         if not isinstance(obj, dict):
             raise ScenarioError(source, number, "<line>", "must be a JSON object")
         op = obj.get("op")
@@ -227,10 +236,13 @@ class JsonFloat(float):
 
 def load_scenario(path: Path) -> list[Step]:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as err:
         raise ScenarioError(str(path), 0, "<file>", f"cannot read: {err.strerror or err}") from None
-    return parse_scenario(text, str(path))
+    undecodable = not_utf8(data)
+    if undecodable is not None:
+        raise ScenarioError(str(path), undecodable[0], "<line>", undecodable[1])
+    return parse_scenario(data.decode("utf-8"), str(path))
 
 
 def bundled_demo() -> tuple[str, str]:

@@ -8,7 +8,9 @@ Every call yields to the event loop, as a network call does.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict, deque
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -26,10 +28,12 @@ from exitguard.errors import (
     TransientError,
     UnknownOutcome,
 )
-from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
+from exitguard.exchange.paper_orders import PaperOrderView
+from exitguard.exchange.port import Fill, LookupStatus, SellDeadline, SellLookup, Settlement, SettlementStatus
 from exitguard.exchange.rules import market_rules
 from exitguard.settings import parse_count
 from exitguard.states import InvalidValue, MarketRules, SellPermit, micro_to_shares, parse_price, shares_to_micro
+from exitguard.states.quantities import exact
 
 OPERATIONS = ("get_balance", "refresh_balance", "market_rules", "sell", "lookup_sell", "settlement")
 
@@ -61,11 +65,19 @@ class PaperSell:
     order_id: str
     avg_price: Decimal | None = None
     error: str | None = None
+    verified_at: float | None = None
+    """The permit's verification time (the engine's monotonic clock)."""
+    sent_at: float | None = None
+    """When the order left the caller's hands (this exchange's clock), after any wait for a send slot."""
 
 
 class PaperExchange:
     """An in-memory exchange. `latency` seconds are added to every call (half before the exchange acts,
-    half after), so concurrent calls interleave as they would over a network."""
+    half after), so concurrent calls interleave as they would over a network.
+
+    `max_concurrent_sells` models a real adapter's bounded senders (worker threads, a rate-limit
+    bucket): at most that many sells are on their way at once, and the others wait for a slot before
+    their order leaves. A sell's `deadline` is checked after that wait."""
 
     def __init__(
         self,
@@ -73,8 +85,12 @@ class PaperExchange:
         *,
         clock: Clock | None = None,
         default_rules: MarketRules | None = None,
+        max_concurrent_sells: int | None = None,
+        wallet: str | None = None,
     ) -> None:
         self.latency = latency
+        # The port's `wallet` (one live engine per wallet): each paper exchange is its own wallet unless named.
+        self.wallet = wallet if wallet is not None else f"paper-{uuid.uuid4().hex}"
         self.clock: Clock = clock or SystemClock()
         self.default_rules = default_rules or MarketRules()
         self.calls: list[PaperCall] = []
@@ -98,6 +114,10 @@ class PaperExchange:
         self._pending: dict[str, tuple[str, int]] = {}
         """order id -> (token, micro-shares) matched but not settled."""
         self._settled: dict[str, SettlementStatus] = {}
+        self._send_slots = (None if max_concurrent_sells is None
+                            else anyio.CapacityLimiter(parse_count(max_concurrent_sells, "max_concurrent_sells")))
+        self._sent_at: dict[str, float] = {}
+        self._orders_view = PaperOrderView(self.clock.monotonic)
 
     # -- setting up the market -------------------------------------------------------------------
 
@@ -147,6 +167,22 @@ class PaperExchange:
     def lose_next_sell_response(self, count: int = 1) -> None:
         """The next `count` sells are executed, then the caller gets an UnknownOutcome instead of the answer."""
         self._lost_responses += count
+
+    def arrive_late(self, seconds: float, count: int = 1) -> None:
+        """The next `count` sells arrive `seconds` later (on `clock`); their answer is lost (see paper_orders.py)."""
+        self._orders_view.arrive_late(seconds, count)
+
+    def hide_filled_orders(self, hidden: bool = True) -> None:
+        """Filled orders drop out of the order lookup (py-clob-client #217): only the trade query shows them."""
+        self._orders_view.hide_filled = hidden
+
+    def lag_trades(self, seconds: float) -> None:
+        """A fill's trade shows in the trade query only `seconds` after the fill (0: at once)."""
+        self._orders_view.lag_trades(seconds)
+
+    def fail_next_trade_query(self, count: int = 1, error: ExchangeError | None = None) -> None:
+        """The next `count` trade queries fail (default: a 503): the lookup raises, never "no trade"."""
+        self._orders_view.fail_next_trade_query(count, error)
 
     def defer_settlement(self, token_id: str) -> None:
         """Fills of the token from now on are matched but not settled: each carries a trade id, and
@@ -207,9 +243,18 @@ class PaperExchange:
         await anyio.lowlevel.checkpoint()
         return self._order_id_for(permit.attempt_id)
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+    async def sell(self, permit: SellPermit, limit_price: Decimal, *, deadline: SellDeadline | None = None) -> Fill:
+        """`deadline` None: no freshness check (direct calls in tests); the engine always passes one."""
         if not isinstance(permit, SellPermit):
             raise PermitError(f"paper: sell needs a SellPermit, got {type(permit).__name__}; nothing sent")
+        slot: AbstractAsyncContextManager[object] = self._send_slots or nullcontext()
+        async with slot:
+            if deadline is not None:
+                deadline.check(f"paper: order for {permit.token_id}")
+            self._sent_at[permit.attempt_id] = self.clock.monotonic()
+            return await self._send(permit, limit_price)
+
+    async def _send(self, permit: SellPermit, limit_price: Decimal) -> Fill:
         token = permit.token_id
         self.sells_in_flight[token] += 1
         self.max_sells_in_flight = max(self.max_sells_in_flight, self.sells_in_flight[token])
@@ -218,7 +263,10 @@ class PaperExchange:
             if permit.attempt_id in self._used_attempts:
                 raise PermitError(f"paper: permit {permit.attempt_id} already used; nothing sold")
             self._used_attempts.add(permit.attempt_id)
-            outcome: Fill | ExchangeError = self._execute(permit, limit_price)
+            if self._orders_view.delay(permit, limit_price):
+                outcome: Fill | ExchangeError = UnknownOutcome("paper: the order is still on its way (arrives late)")
+            else:
+                outcome = self._execute(permit, limit_price)
             if self._lost_responses:
                 self._lost_responses -= 1
                 outcome = UnknownOutcome("paper: response lost after the order reached the exchange")
@@ -230,23 +278,30 @@ class PaperExchange:
         return outcome
 
     async def lookup_sell(self, permit: SellPermit, order_id: str | None = None) -> SellLookup:
+        """The order endpoint first (a known order: filled, or terminal unfilled); when it shows nothing (the
+        order never arrived, is still on its way, or filled and dropped out), the trade query: FILLED, or
+        NOT_FOUND when it succeeded and shows no trade. A failed trade query raises."""
         await self._request("lookup_sell", permit.token_id)
         found = next((sell for sell in self.sells if sell.attempt_id == permit.attempt_id
                       or (order_id is not None and sell.order_id == order_id)), None)
         await self._reply()
-        if found is None:
-            return SellLookup(LookupStatus.NOT_FOUND)
-        if found.status is not SellStatus.FILLED:
-            return SellLookup(LookupStatus.NOT_FILLED)
-        assert found.avg_price is not None
-        return SellLookup(
-            LookupStatus.FILLED,
-            Fill(shares=shares_to_micro(found.shares), avg_price=found.avg_price, order_id=found.order_id),
-        )
+        view = self._orders_view
+        if found is not None and view.order_visible(found.order_id):
+            return self._found(found) if found.status is SellStatus.FILLED else SellLookup(LookupStatus.NOT_FILLED)
+        traded = view.trade_query(found.order_id if found is not None else permit.attempt_id)
+        return self._found(found) if found is not None and traded else SellLookup(LookupStatus.NOT_FOUND)
+
+    @staticmethod
+    def _found(sell: PaperSell) -> SellLookup:
+        assert sell.avg_price is not None
+        return SellLookup(LookupStatus.FILLED, Fill(shares=shares_to_micro(sell.shares), avg_price=sell.avg_price,
+                                                    order_id=sell.order_id))
 
     # -- internals ---------------------------------------------------------------------------------
 
     async def _request(self, operation: str, token_id: str) -> None:
+        for late in self._orders_view.due():
+            self._execute(late.permit, late.limit_price)  # the answer went nowhere: its caller gave up long ago
         self.calls.append(PaperCall(operation, token_id))
         await self._wait(self.latency / 2)
         if self._failures[operation]:
@@ -300,17 +355,20 @@ class PaperExchange:
             return self._record(permit, limit_price, SellStatus.KILLED, order_id,
                                 OrderKilled(KILLED_MESSAGE, status=400))
         remaining, proceeds, rest = shares, Decimal(0), []
-        for price, size in book:
-            take = min(size, remaining) if price >= limit_price else 0
-            proceeds += price * take
-            remaining -= take
-            if size - take:
-                rest.append((price, size - take))
+        with exact():  # the application's decimal context must not round a price
+            for price, size in book:
+                take = min(size, remaining) if price >= limit_price else 0
+                proceeds += price * take
+                remaining -= take
+                if size - take:
+                    rest.append((price, size - take))
+            avg = proceeds / shares
         self._bids[token] = rest
         self._set_chain(token, self._chain[token] - shares)
-        avg = proceeds / shares
         self.sells.append(PaperSell(token, micro_to_shares(shares), limit_price, permit.attempt_id,
-                                    SellStatus.FILLED, order_id, avg_price=avg))
+                                    SellStatus.FILLED, order_id, avg_price=avg, verified_at=permit.verified_at,
+                                    sent_at=self._sent_at.get(permit.attempt_id)))
+        self._orders_view.filled(order_id)
         if token in self._deferred:
             self._pending[order_id] = (token, shares)
             return Fill(shares=shares, avg_price=avg, order_id=order_id, trade_ids=(f"{order_id}-trade",))
@@ -331,5 +389,6 @@ class PaperExchange:
     def _record(self, permit: SellPermit, limit_price: Decimal, status: SellStatus, order_id: str,
                 error: ExchangeError) -> ExchangeError:
         self.sells.append(PaperSell(permit.token_id, micro_to_shares(permit.shares), limit_price,
-                                    permit.attempt_id, status, order_id, error=str(error)))
+                                    permit.attempt_id, status, order_id, error=str(error),
+                                    verified_at=permit.verified_at, sent_at=self._sent_at.get(permit.attempt_id)))
         return error

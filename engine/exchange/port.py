@@ -2,18 +2,57 @@
 
 Adapters (the paper exchange, the Polymarket adapter) implement `Exchange`. `sell` takes a
 `SellPermit`, not a number: there is no way to ask for a sell that no verification produced.
+
+Changed on purpose in issue 11: `sell` takes a keyword-only `deadline` (a `SellDeadline`). A permit proves
+a recent verification only if the order leaves soon after it; the waits that stand between the engine's
+call and the bytes on the wire (a worker thread, a rate-limit slot, signing) live inside the adapter, so
+only the adapter can check freshness at the last moment. An adapter written against the old
+`sell(permit, limit_price)` fails on the engine's first sell (a TypeError: UNKNOWN, never sent twice).
+
+Added on purpose in issue 11, optional: an attribute (or property) `wallet: str` naming the wallet the
+exchange trades (for Polymarket: the funder address, else the signer's). The engine holds a host-wide lock
+on that name for its lifetime (exitguard.wallet_lock), so two live engines on one wallet, each with its own
+journal, are refused (`WalletInUse`). Optional so that adapters written before it keep working: without it
+no wallet lock is taken. It is not a member of the `Exchange` Protocol for the same reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from exitguard.errors import PermitExpired
 from exitguard.states import LookupStatus, MarketRules, SellPermit
 
-__all__ = ["Exchange", "Fill", "LookupStatus", "SellLookup", "Settlement", "SettlementStatus"]
+__all__ = ["Exchange", "Fill", "LookupStatus", "SellDeadline", "SellLookup", "Settlement", "SettlementStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class SellDeadline:
+    """The last moment an order may leave: the permit's verification time plus `permit_max_age`.
+
+    Read on the engine's own monotonic clock (`now`), not the adapter's: the two need not be the same
+    clock, and a deadline compared with another clock's reading means nothing."""
+
+    not_after: float
+    """Monotonic seconds on `now`'s clock."""
+    now: Callable[[], float]
+    """The engine's monotonic clock."""
+
+    def remaining(self) -> float:
+        """Seconds left before the order may no longer leave (negative once past)."""
+        return self.not_after - self.now()
+
+    def check(self, what: str) -> None:
+        """Call right before the order leaves, after every wait: past the deadline, raise `PermitExpired`
+        (nothing is sent, so the answer is a definite "not filled")."""
+        late = -self.remaining()
+        if late > 0:
+            raise PermitExpired(f"{what}: the permit's verification expired {late:.3f}s before the order could "
+                                "leave; nothing sent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +68,14 @@ class Fill:
 
 @dataclass(frozen=True, slots=True)
 class SellLookup:
+    """What the exchange showed of one order (see `LookupStatus`); the engine decides what it proves."""
+
     status: LookupStatus
     fill: Fill | None = None
+    left_late: float = 0.0
+    """Seconds the request stayed in the adapter's hands after its `sell` call had returned or was given up (a
+    worker thread that outlived the deadline): the engine's lookup horizon starts that much later than its own
+    record. A duration, so that the adapter's clock and the engine's need not agree."""
 
 
 class SettlementStatus(StrEnum):
@@ -74,10 +119,13 @@ class Exchange(Protocol):
         exchange will know it by, without sending anything. The engine journals this id before `sell`."""
         ...
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+    async def sell(self, permit: SellPermit, limit_price: Decimal, *, deadline: SellDeadline) -> Fill:
         """One FOK sell of exactly `permit.shares` at `limit_price` or better.
 
-        Raises NotFilled / TransientError when nothing sold, UnknownOutcome when it may have.
+        `deadline.check(...)` is called after the last wait, right before the order leaves (for an HTTP
+        adapter: in the worker thread, just before the request is written); past it, nothing is sent and
+        `PermitExpired` is raised. Raises NotFilled / TransientError when nothing sold, UnknownOutcome
+        when it may have.
         """
         ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 APPLICATION_ID = 0x45584744
 """b"EXGD": written into the SQLite header of every journal."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     # version -> statements that build it from the version before (0: an empty file).
@@ -48,5 +48,18 @@ MIGRATIONS: dict[int, list[str]] = {
         # A CLOSED position whose fill is matched but not yet settled on chain: a restart keeps
         # following it (a failed settlement hands the shares back).
         "ALTER TABLE positions ADD COLUMN unsettled TEXT",
+    ],
+    3: [
+        # One row: whether the last engine closed cleanly, the write-ahead log's length floor, who holds
+        # the file (journal/wal.py). A journal from before starts clean: it was opened by code that never
+        # marked it, and SQLite replays whatever log it left.
+        """CREATE TABLE journal_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            clean INTEGER NOT NULL,
+            wal_floor INTEGER NOT NULL,
+            holder_pid INTEGER,
+            opened_at TEXT
+        )""",
+        "INSERT INTO journal_state (id, clean, wal_floor) VALUES (1, 1, 0)",
     ],
 }

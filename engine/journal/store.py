@@ -3,165 +3,148 @@
 SQLite in WAL mode with `synchronous=FULL`: a transaction is on disk when `commit` returns, so a
 SELLING row (with its permit and order id) exists before the order it describes is posted. Two tables:
 `transitions`, append-only (the audit trail), and `positions`, the current state (what recovery reads).
-Both change in one transaction per transition.
+Both change in one transaction per transition. A lost or cut log is detected at the next start (wal.py).
+
+Every SQLite error, at open, read or write, leaves as a JournalError naming the file: a damaged journal
+is never a raw `sqlite3` traceback. A write that fails raises and changes nothing; the engine's position
+book decides what that means for the position (book.py) and may mark the journal `failed`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from dataclasses import asdict, dataclass, is_dataclass
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from decimal import Decimal
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from exitguard.errors import JournalError
 from exitguard.exchange.port import Fill
-from exitguard.journal.lock import JournalLock
+from exitguard.journal.connection import (
+    Closer,
+    close_keeping_log,
+    holder_pid,
+    peek_state,
+    rollback,
+    try_connect,
+    uri,
+)
+from exitguard.journal.lock import FileUse, JournalLock
+from exitguard.journal.rows import (
+    POSITION_COLUMNS,
+    JournaledPosition,
+    JournaledTransition,
+    fill_json,
+    permit_json,
+    plain,
+    position_of,
+    transition_of,
+)
 from exitguard.journal.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from exitguard.states import PositionRecord, SellPermit, State
+from exitguard.journal.wal import BUSY_TIMEOUT_MS, CHECKPOINT_EVERY, WAL_HEADER, check_log, log_size
+from exitguard.states import PositionRecord, State
 
-
-@dataclass(frozen=True, slots=True)
-class JournaledTransition:
-    seq: int
-    key: str
-    source: str | None
-    dest: str
-    trigger: str
-    payload: dict[str, Any]
-    wall_time: str
-
-
-@dataclass(frozen=True, slots=True)
-class JournaledPosition:
-    key: str
-    token_id: str
-    expected: int
-    last_buy_at: datetime | None
-    state: State
-    attempts: int
-    attempt_id: str | None
-    reason: str | None
-    limit_price: Decimal | None
-    verified_balance: int | None
-    sold: int
-    residual: int
-    unresolved: bool
-    permit: SellPermit | None
-    order_id: str | None
-    """The order signed for the attempt in flight; written before it is posted (None: never posted)."""
-    unsettled: Fill | None = None
-    """CLOSED by a fill that is matched but not yet settled on chain."""
-
-    def record(self) -> PositionRecord:
-        return PositionRecord.restored(
-            key=self.key, token_id=self.token_id, expected=self.expected, last_buy_at=self.last_buy_at,
-            state=self.state, attempts=self.attempts, attempt_id=self.attempt_id, reason=self.reason,
-            limit_price=self.limit_price, verified_balance=self.verified_balance, sold=self.sold,
-            residual=self.residual, unresolved=self.unresolved, inflight=self.permit,
-        )
-
-
-def _plain(value: object) -> object:
-    """Payload values as JSON: Decimal as text (exact), dataclasses as objects, enums by value."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _permit_json(permit: SellPermit | None) -> str | None:
-    if permit is None:
-        return None
-    return json.dumps({"shares": permit.shares, "verified_balance": permit.verified_balance,
-                       "attempt_id": permit.attempt_id})
-
-
-def _fill_json(fill: Fill | None) -> str | None:
-    if fill is None:
-        return None
-    return json.dumps({"shares": fill.shares, "avg_price": str(fill.avg_price), "order_id": fill.order_id,
-                       "trade_ids": list(fill.trade_ids)})
-
-
-def _fill_of(text: str | None) -> Fill | None:
-    if text is None:
-        return None
-    data = json.loads(text)
-    return Fill(shares=data["shares"], avg_price=Decimal(data["avg_price"]), order_id=data["order_id"],
-                trade_ids=tuple(data["trade_ids"]))
-
-
-def _permit_of(key: str, token_id: str, text: str | None) -> SellPermit | None:
-    if text is None:
-        return None
-    data = json.loads(text)
-    # The verification time was a monotonic reading of a process that is gone: the restored permit is
-    # only ever used to look the order up, never to sell.
-    return SellPermit(position_key=key, token_id=token_id, shares=data["shares"],
-                      verified_balance=data["verified_balance"], verified_at=float("-inf"),
-                      attempt_id=data["attempt_id"])
+__all__ = ["Journal", "JournaledPosition", "JournaledTransition"]
 
 
 class Journal:
     """One open journal. `Journal.open(path)` takes the engine lock; `readonly=True` does not (status)."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, lock: JournalLock | None) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, use: FileUse, *, readonly: bool) -> None:
         self.path = path
         self._db = connection
-        self._lock = lock
+        self.readonly = readonly
         self.writes = 0
+        self._since_checkpoint = 0
+        self._closer = Closer(path, connection, use, readonly=readonly)
+        # A journal dropped unclosed (a script that never closes it, an interpreter exit) closes as `close`
+        # does: left to SQLite, the connection's end would checkpoint and remove the log of an unclean file.
+        self._finalizer = weakref.finalize(self, self._closer.close)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the journal stopped taking writes (a track or outcome write failed); None while healthy."""
+        return self._closer.failed
 
     # -- opening -----------------------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: str | Path, *, readonly: bool = False) -> Journal:
         path = Path(path)
-        if readonly:
-            if not path.exists():
-                raise JournalError(path, "no such file")
-            db = cls._connect(path, f"file:{path}?mode=ro")
-            cls._check(path, db, writable=False)
-            return cls(path, db, None)
-        if path.exists() and not path.is_file():
-            raise JournalError(path, "is not a file")
-        if not path.parent.is_dir():
-            raise JournalError(path, f"folder {path.parent} does not exist")
-        lock = JournalLock.acquire(path)
         try:
-            db = cls._connect(path, f"file:{path}?mode=rwc")
+            if readonly:
+                return cls._open_readonly(path)
+            if path.exists() and not path.is_file():
+                raise JournalError(path, "is not a file")
+            if not path.parent.is_dir():
+                raise JournalError(path, f"folder {path.parent} does not exist")
+        except OSError as err:
+            raise JournalError(path, f"cannot be reached ({err.strerror})") from None
+        lock = JournalLock.acquire(path, lambda: holder_pid(path))
+        try:
+            # The log is measured before any connection opens it: SQLite creates a missing one.
+            size = log_size(path)
+            state = peek_state(path)
+            if state is not None:
+                check_log(path, *state, size)
+            db = cls._connect(path, uri(path, mode="rwc"))
             try:
                 cls._check(path, db, writable=True)
-                journal = cls(path, db, lock)
-                journal.prepare()
+                journal = cls(path, db, lock, readonly=False)
+                journal._mark_open()
             except BaseException:
-                db.close()
+                close_keeping_log(path, db)
                 raise
         except BaseException:
             lock.release()
             raise
         return journal
 
-    @staticmethod
-    def _connect(path: Path, uri: str) -> sqlite3.Connection:
+    @classmethod
+    def _open_readonly(cls, path: Path) -> Journal:
+        if not path.exists():
+            raise JournalError(path, "no such file")
+        use = FileUse.reading(path)
         try:
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA schema_version").fetchone()  # reads the header: fails on a non-database
-        except sqlite3.DatabaseError as err:
+            try:
+                db = try_connect(uri(path, mode="ro"))
+            except sqlite3.OperationalError as err:
+                if err.sqlite_errorname != "SQLITE_CANTOPEN":
+                    raise JournalError(path, f"not a readable SQLite journal ({err})") from None
+                size = log_size(path)
+                if size is not None and size >= WAL_HEADER:
+                    raise JournalError(path, "cannot be read here: its write-ahead log needs an index (-shm) "
+                                             "beside it and the folder is read-only; copy the journal with its "
+                                             "-wal and -shm files to a writable folder") from None
+                # No log to miss: a read-only folder or medium is read as immutable.
+                db = cls._connect(path, uri(path, mode="ro", immutable="1"))
+            except sqlite3.Error as err:
+                raise JournalError(path, f"not a readable SQLite journal ({err})") from None
+            try:
+                cls._check(path, db, writable=False)
+            except BaseException:
+                db.close()
+                raise
+        except BaseException:
+            use.release()
+            raise
+        return cls(path, db, use, readonly=True)
+
+    @staticmethod
+    def _connect(path: Path, address: str) -> sqlite3.Connection:
+        try:
+            return try_connect(address)
+        except sqlite3.OperationalError as err:
+            if err.sqlite_errorname == "SQLITE_CANTOPEN" and "mode=rwc" in address:
+                raise JournalError(path, f"cannot write: SQLite cannot open it or create its -wal and -shm files "
+                                         f"beside it ({err}); is the file or its folder read-only?") from None
             raise JournalError(path, f"not a readable SQLite journal ({err})") from None
-        return db
+        except sqlite3.Error as err:
+            raise JournalError(path, f"not a readable SQLite journal ({err})") from None
 
     @staticmethod
     def _check(path: Path, db: sqlite3.Connection, *, writable: bool) -> None:
@@ -174,7 +157,7 @@ class Journal:
                 problem = db.execute("PRAGMA quick_check").fetchone()[0]
                 if problem != "ok":
                     raise JournalError(path, f"corrupted ({problem})")
-        except sqlite3.DatabaseError as err:
+        except sqlite3.Error as err:
             raise JournalError(path, f"corrupted or not a journal ({err})") from None
         if app_id == 0 and version == 0 and not tables:
             if not writable:
@@ -203,37 +186,42 @@ class Journal:
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
-        except sqlite3.OperationalError as err:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise JournalError(path, f"cannot write ({err})") from None
+        except sqlite3.Error as err:
+            rollback(db)
+            raise JournalError(path, f"cannot write ({err}); nothing was changed") from None
 
-    def _configure(self) -> None:
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
+    def _mark_open(self) -> None:
+        """Make the main file say "unclean" (wal.py) and prove the file writable now, not at the first sell."""
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            # macOS's fsync leaves the data in the drive's cache; F_FULLFSYNC flushes it. A no-op elsewhere.
+            self._db.execute("PRAGMA fullfsync = ON")
+            self._db.execute("PRAGMA checkpoint_fullfsync = ON")
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")  # the journal checkpoints itself (wal.py)
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE journal_state SET clean = 0, wal_floor = ?, holder_pid = ?, opened_at = ?",
+                             (log_size(self.path) or 0, os.getpid(), datetime.now().astimezone().isoformat()))
+            self._db.execute("COMMIT")
+            busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        except sqlite3.Error as err:
+            rollback(self._db)
+            raise JournalError(self.path, f"cannot write ({err}); nothing was changed") from None
+        if busy or frames != copied:
+            raise JournalError(self.path, f"a reader kept the journal busy for {BUSY_TIMEOUT_MS / 1000:g}s: the "
+                                          "open mark could not reach the main file; try again")
 
     def close(self) -> None:
-        self._db.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """A healthy engine journal is marked clean and its log emptied; any other closes as it stands."""
+        self._finalizer()
+
+    def mark_failed(self, why: str) -> None:
+        """No write is taken any more: the engine refuses new exits until restarted on a healthy journal."""
+        if self._closer.failed is None:
+            self._closer.failed = why
 
     # -- writing -----------------------------------------------------------------------------------
-
-    def prepare(self) -> None:
-        """Set WAL + synchronous=FULL, and prove the file writable now rather than at the first sell."""
-        try:
-            self._configure()
-            # A transaction that writes nothing succeeds on a read-only file; rewriting the schema
-            # version is a real write that changes nothing.
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(f"PRAGMA user_version = {int(version)}")
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as err:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise JournalError(self.path, f"cannot write ({err}); nothing was changed") from None
 
     def track(self, record: PositionRecord, wall_time: datetime) -> None:
         self._write(record, None, "track", {"expected": record.expected,
@@ -268,7 +256,7 @@ class Journal:
             cursor = self._db.execute(
                 "INSERT INTO transitions (key, source, dest, trigger, payload, wall_time) VALUES (?, ?, ?, ?, ?, ?)",
                 (record.key, None if source is None else str(source), str(record.state), trigger,
-                 json.dumps(_plain(payload), sort_keys=True), wall_time.isoformat()))
+                 json.dumps(plain(payload), sort_keys=True), wall_time.isoformat()))
             self._db.execute(
                 "INSERT OR REPLACE INTO positions (key, token_id, expected, last_buy_at, state, attempts, attempt_id, "
                 "reason, limit_price, verified_balance, sold, residual, unresolved, permit, order_id, seq, unsettled) "
@@ -277,58 +265,59 @@ class Journal:
                  None if record.last_buy_at is None else record.last_buy_at.isoformat(), str(record.state),
                  record.attempts, record.attempt_id, record.reason,
                  None if record.limit_price is None else str(record.limit_price), record.verified_balance,
-                 record.sold, record.residual, int(record.unresolved), _permit_json(permit), order_id,
-                 cursor.lastrowid, _fill_json(unsettled)))
+                 record.sold, record.residual, int(record.unresolved), permit_json(permit), order_id,
+                 cursor.lastrowid, fill_json(unsettled)))
         self.writes += 1
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self)
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One durable transaction. Any failure rolls it back and raises JournalError: nothing was written."""
+        if self.readonly:
+            raise JournalError(self.path, "opened read-only")
+        if self.failed is not None:
+            raise JournalError(self.path, f"failed earlier ({self.failed}); restart the engine on a healthy journal")
+        checkpoint = self._since_checkpoint + 1 >= CHECKPOINT_EVERY
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            if checkpoint:
+                # The floor travels into the main file with the checkpoint that follows (wal.py).
+                self._db.execute("UPDATE journal_state SET wal_floor = ?", (log_size(self.path) or 0,))
+            self._db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as err:
+            rollback(self._db)
+            raise JournalError(self.path, f"write failed ({err}); nothing was written") from None
+        except BaseException:
+            rollback(self._db)
+            raise
+        self._since_checkpoint += 1
+        if checkpoint:
+            self._since_checkpoint = 0
+            try:
+                # PASSIVE: never waits for a reader, never shortens the log; a partial copy is completed later.
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error:
+                pass  # the commit is durable in the log; copying it into the main file can wait
 
     # -- reading -----------------------------------------------------------------------------------
 
     def positions(self) -> list[JournaledPosition]:
-        rows = self._db.execute(
-            "SELECT key, token_id, expected, last_buy_at, state, attempts, attempt_id, reason, limit_price, "
-            "verified_balance, sold, residual, unresolved, permit, order_id, unsettled FROM positions "
-            "ORDER BY seq").fetchall()
-        return [self._position(row) for row in rows]
+        rows = self._read(f"SELECT {POSITION_COLUMNS} FROM positions ORDER BY seq", ())
+        return [self._decoded(position_of, row, f"position {row[0]!r}") for row in rows]
 
     def history(self, key: str) -> list[JournaledTransition]:
-        rows = self._db.execute(
-            "SELECT seq, key, source, dest, trigger, payload, wall_time FROM transitions WHERE key = ? ORDER BY seq",
-            (key,)).fetchall()
-        return [JournaledTransition(seq, k, source, dest, trigger, json.loads(payload), wall)
-                for seq, k, source, dest, trigger, payload, wall in rows]
+        rows = self._read("SELECT seq, key, source, dest, trigger, payload, wall_time FROM transitions "
+                          "WHERE key = ? ORDER BY seq", (key,))
+        return [self._decoded(transition_of, row, f"transition {row[0]!r} of {key!r}") for row in rows]
 
-    def _position(self, row: tuple[Any, ...]) -> JournaledPosition:
-        (key, token, expected, last_buy, state, attempts, attempt_id, reason, limit_price, verified, sold,
-         residual, unresolved, permit, order_id, unsettled) = row
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         try:
-            return JournaledPosition(
-                key=key, token_id=token, expected=int(expected),
-                last_buy_at=None if last_buy is None else datetime.fromisoformat(last_buy), state=State(state),
-                attempts=int(attempts), attempt_id=attempt_id, reason=reason,
-                limit_price=None if limit_price is None else Decimal(limit_price),
-                verified_balance=verified, sold=int(sold), residual=int(residual), unresolved=bool(unresolved),
-                permit=_permit_of(key, token, permit), order_id=order_id, unsettled=_fill_of(unsettled))
-        except (ValueError, KeyError, TypeError, ArithmeticError) as err:
-            raise JournalError(self.path, f"position {key!r}: unreadable row ({err})") from None
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as err:
+            raise JournalError(self.path, f"unreadable ({err})") from None
 
-
-class _Transaction:
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-
-    def __enter__(self) -> None:
-        self._journal._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        db = self._journal._db
-        if exc_type is None:
-            try:
-                db.execute("COMMIT")
-                return
-            except sqlite3.DatabaseError as err:
-                db.execute("ROLLBACK")
-                raise JournalError(self._journal.path, f"write failed ({err})") from None
-        db.execute("ROLLBACK")
+    def _decoded(self, decode: Any, row: tuple[Any, ...], what: str) -> Any:
+        try:
+            return decode(row)
+        except Exception as err:  # noqa: BLE001 - any damage in a row is the journal's, reported as such
+            raise JournalError(self.path, f"{what}: unreadable row ({type(err).__name__}: {err})") from None

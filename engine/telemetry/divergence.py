@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from exitguard.clock import Clock, SystemClock
-from exitguard.states import DivergenceKind
+from exitguard.states import DivergenceKind, exact
 
 __all__ = ["DivergenceAlert", "DivergenceDetector", "DivergenceEvent", "DivergenceKind"]
 from exitguard.telemetry.logs import emit
@@ -35,7 +35,8 @@ class DivergenceEvent:
     def difference(self) -> Decimal | None:
         if self.expected is None or self.actual is None:
             return None
-        return self.actual - self.expected
+        with exact():
+            return self.actual - self.expected
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -99,6 +100,13 @@ class EngineMetrics:
     outcomes: Counter[str] = field(default_factory=Counter)
     balance_refreshes: int = 0
     verify_failures: int = 0
+    unresolved_age: Callable[[], float] = field(default=lambda: 0.0)
+    """Seconds since the oldest unresolved sell outcome became unknown (0 when none), read live: the
+    engine's background resolver keeps it (an age that only grows means lookups keep failing)."""
+
+    @property
+    def oldest_unresolved_age(self) -> float:
+        return self.unresolved_age()
 
     @property
     def verify_latency(self) -> LatencySummary:
@@ -115,4 +123,5 @@ class EngineMetrics:
             "outcomes": dict(self.outcomes),
             "balance_refreshes": self.balance_refreshes,
             "verify_failures": self.verify_failures,
+            "oldest_unresolved_age_s": round(self.oldest_unresolved_age, 3),
         }

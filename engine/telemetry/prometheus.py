@@ -63,6 +63,7 @@ class _Reading:
     divergence_alerts: int
     positions: dict[str, int]
     unresolved: int
+    oldest_unresolved_age: float
     unsettled: int
     balance_refreshes: int
     verify_failures: int
@@ -79,6 +80,7 @@ def _read(engine: ExitEngine) -> _Reading:
         divergence_alerts=len(divergence.alerts),
         positions=_with_zeros(State, Counter(engine.counts_by_state())),
         unresolved=len(engine.unresolved()),
+        oldest_unresolved_age=metrics.oldest_unresolved_age,
         unsettled=len(engine.unsettled()),
         balance_refreshes=metrics.balance_refreshes,
         verify_failures=metrics.verify_failures,
@@ -121,8 +123,11 @@ class EngineCollector:
         yield _labelled(GaugeMetricFamily("exitguard_positions", "Tracked positions by state.",
                                           labels=["state"]), reading.positions)
         yield GaugeMetricFamily("exitguard_unresolved_outcomes",
-                                "Positions whose sell outcome is unknown (each needs reconcile()).",
+                                "Positions whose sell outcome is unknown (the engine looks each up until it settles).",
                                 value=reading.unresolved)
+        yield GaugeMetricFamily("exitguard_oldest_unresolved_outcome_age_seconds",
+                                "Seconds since the oldest unresolved sell outcome became unknown (0: none).",
+                                value=reading.oldest_unresolved_age, unit="seconds")
         yield GaugeMetricFamily("exitguard_unsettled_sales",
                                 "Filled sales matched on the book but not yet settled on chain.",
                                 value=reading.unsettled)

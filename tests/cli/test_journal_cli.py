@@ -110,10 +110,10 @@ class GatedPaper(PaperExchange):
         self.posted = anyio.Event()
         self.release = anyio.Event()
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal):  # noqa: ANN201
+    async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object):  # noqa: ANN201
         self.posted.set()
         await self.release.wait()
-        return await super().sell(permit, limit_price)
+        return await super().sell(permit, limit_price, **options)
 
 
 @pytest.mark.anyio
@@ -168,7 +168,10 @@ def test_history_of_the_unresolved_sell_ends_selling(journal: Path) -> None:
     assert code == 0 and "now SELLING" in out.splitlines()[0]
     last = out.splitlines()[-1].split(maxsplit=6)
     assert last[2:6] == ["SELLING", "->", "SELLING", "sell_unknown"]
-    assert last[6] == 'error="paper: response lost after the order reached the exchange"'
+    # The moment the sell left our hands is journaled with it: a restarted engine counts its lookup horizon
+    # from there (issue 11 A.2).
+    assert last[6] == ('error="paper: response lost after the order reached the exchange" '
+                       'sent_at=2026-01-01T00:00:01+00:00')
 
 
 def test_history_json(journal: Path) -> None:

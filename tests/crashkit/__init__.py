@@ -141,11 +141,11 @@ class FilePaperExchange(PaperExchange):
         finally:
             self.save()  # the order id counter: a restarted process must not hand out the same id
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal):  # noqa: ANN201 - Fill
+    async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object):  # noqa: ANN201 - Fill
         self.posts.append({"attempt_id": permit.attempt_id, "token_id": permit.token_id,
                            "shares": str(micro_to_shares(permit.shares))})
         try:
-            return await super().sell(permit, limit_price)
+            return await super().sell(permit, limit_price, **options)
         finally:
             self.save()
 
@@ -199,6 +199,9 @@ class Spec:
     """Run the exits at once in a task group (default: one after the other)."""
     hold: bool = False
     """After recovery, print "ready" and wait for a line on stdin (lock tests)."""
+    clock_ahead: float = 0.0
+    """Seconds the child's wall clock runs ahead of the real one: a restart that comes that much later (the
+    lookup horizon of an order journaled before the crash counts on the wall clock)."""
 
 
 @dataclass

@@ -15,14 +15,16 @@ import json
 import os
 import signal
 import sys
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from exitguard import ExitEngine, Position
+from exitguard import ExitEngine, ExitOutcome, Position
 from exitguard.book import PositionBook
+from exitguard.clock import SystemClock
 from exitguard.errors import JournalError
 from exitguard.journal import Journal
 from exitguard.states import PositionRecord, SellPermit, State
@@ -96,9 +98,9 @@ class KillingExchange:
     async def prepare_sell(self, permit: SellPermit, limit_price: Decimal) -> str:
         return await self.inner.prepare_sell(permit, limit_price)
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Any:
+    async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object) -> Any:
         try:
-            return await self.inner.sell(permit, limit_price)
+            return await self.inner.sell(permit, limit_price, **options)
         finally:
             # Executed (or refused) on the exchange; whatever it answered, the engine never reads it.
             self.killer.hit("after_post", permit.position_key)
@@ -138,6 +140,16 @@ def build_exchange(spec: dict[str, Any]) -> Any:
     return PolymarketExchange(client, call_timeout=10.0)
 
 
+class AheadClock(SystemClock):
+    """The system clock, its wall reading `ahead` seconds later: a restart that comes later than it does."""
+
+    def __init__(self, ahead: float) -> None:
+        self.ahead = timedelta(seconds=ahead)
+
+    def wall(self) -> datetime:
+        return super().wall() + self.ahead
+
+
 async def run(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
     kill = Kill(**spec["kill"]) if spec["kill"] else None
     killer = Killer(kill, _marker(spec_path))
@@ -147,14 +159,20 @@ async def run(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
     exchange = KillingExchange(build_exchange(spec["exchange"]), killer,
                                {p["token_id"]: p["key"] for p in positions})
     report: dict[str, Any] = {}
-    engine = ExitEngine(exchange, journal=spec["journal"], settlement_poll_interval=None)  # type: ignore[arg-type]
+    # Background retries far off: the child asks for one round of lookups itself, so its report is the same
+    # on a slow machine.
+    engine = ExitEngine(exchange, journal=spec["journal"], settlement_poll_interval=None,  # type: ignore[arg-type]
+                        resolve_backoff=(3600.0, 3600.0), clock=AheadClock(float(spec.get("clock_ahead", 0.0))))
     async with engine:
         summary = engine.recovery
         assert summary is not None
+        # Recovery hands what may have been sent to the resolver and returns; one round of lookups settles it.
+        resolved = await engine.resolve_unknowns()
         report["recovery"] = {"positions": summary.positions, "by_state": summary.by_state,
-                              "reopened": summary.reopened,
-                              "reconciled": {key: str(outcome) for key, outcome in summary.reconciled.items()},
-                              "unresolved": summary.unresolved}
+                              "reopened": summary.reopened, "resolving": summary.resolving,
+                              "reconciled": {key: str(r.outcome) for key, r in resolved.items()
+                                             if r.outcome is not ExitOutcome.UNKNOWN},
+                              "unresolved": [key for key, r in resolved.items() if r.outcome is ExitOutcome.UNKNOWN]}
         report["after_recovery"] = engine.states()
         report["recovery_divergence"] = {str(kind): count for kind, count in engine.divergence.by_kind.items()}
         if spec["hold"]:

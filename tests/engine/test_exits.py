@@ -177,10 +177,9 @@ async def test_lost_response_is_never_resent_and_is_settled_by_lookup(exchange: 
         unknown = await engine.exit("p1", reason="stop_loss", limit_price=P)
         assert (unknown.outcome, engine.state("p1"), engine.unresolved()) == (ExitOutcome.UNKNOWN, "SELLING", ["p1"])
 
-        again = await engine.exit("p1", reason="stop_loss", limit_price=P)
-        assert again.outcome is ExitOutcome.IN_PROGRESS
-
-        settled = await engine.reconcile("p1")
+        # Issue 11 A.3: exit() of an unresolved position looks the order up at once (it used to answer
+        # IN_PROGRESS): the lost answer had filled, so it reports the fill and sends nothing.
+        settled = await engine.exit("p1", reason="stop_loss", limit_price=P)
 
     assert (settled.outcome, settled.state, settled.shares_sold) == (ExitOutcome.CLOSED, "CLOSED", Decimal("10"))
     assert len(exchange.sells) == 1
@@ -193,6 +192,9 @@ async def test_unknown_outcome_that_never_reached_the_exchange_reopens(exchange:
     async with ExitEngine(exchange, clock=clock) as engine:
         engine.track(Position("p1", "tok", Decimal("10")))
         assert (await engine.exit("p1", reason="r", limit_price=P)).outcome is ExitOutcome.UNKNOWN
+        # Found nowhere so soon after it left, it may still arrive: unknown until the lookup horizon has passed.
+        assert (await engine.reconcile("p1")).outcome is ExitOutcome.UNKNOWN
+        clock.advance(31)
 
         settled = await engine.reconcile("p1")
 
@@ -208,10 +210,12 @@ async def test_unknown_outcome_with_no_order_and_no_balance_is_reconciled(exchan
         engine.track(Position("p1", "tok", Decimal("10")))
         await engine.exit("p1", reason="r", limit_price=P)
         exchange.set_balance("tok", Decimal("0"))  # sold by someone else meanwhile
+        clock.advance(31)  # past the lookup horizon: the order can no longer arrive
 
         settled = await engine.reconcile("p1")
 
     assert (settled.outcome, settled.state) == (ExitOutcome.ALREADY_EXITED, "RECONCILED")
+    assert engine.divergence.by_kind[DivergenceKind.BALANCE_MOVED_WITHOUT_FILL] == 1
 
 
 async def test_failed_lookup_keeps_the_outcome_unknown(exchange: PaperExchange, clock: ManualClock) -> None:
@@ -228,7 +232,7 @@ async def test_failed_lookup_keeps_the_outcome_unknown(exchange: PaperExchange, 
 
 async def test_a_sell_that_times_out_is_an_unknown_outcome(clock: ManualClock) -> None:
     class TimingOutExchange(PaperExchange):
-        async def sell(self, permit: SellPermit, limit_price: Decimal):  # type: ignore[override]
+        async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object):  # type: ignore[override]
             raise TimeoutError
 
     exchange = TimingOutExchange(clock=clock)
@@ -245,7 +249,7 @@ async def test_cancelling_an_exit_during_the_sell_leaves_an_unknown_outcome(cloc
             super().__init__(clock=clock)
             self.sell_started = anyio.Event()
 
-        async def sell(self, permit: SellPermit, limit_price: Decimal):  # type: ignore[override]
+        async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object):  # type: ignore[override]
             self.sell_started.set()
             await anyio.sleep_forever()
 

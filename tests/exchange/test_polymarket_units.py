@@ -18,7 +18,7 @@ from exitguard.errors import (
     TransientError,
     UnknownOutcome,
 )
-from exitguard.exchange.polymarket import answers
+from exitguard.exchange.polymarket import answers, reads
 from exitguard.exchange.polymarket.orders import ExactAmountsBuilder, sign_sell
 from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits, TokenBucket
 from exitguard.exchange.port import Fill, SettlementStatus
@@ -169,10 +169,10 @@ def test_each_answer_maps_to_the_engines_kind(signed, status, body, kind) -> Non
 
 def test_settlement_of_trades() -> None:
     fill = Fill(shares=5_000_000, avg_price=Decimal("0.6"), order_id="0x1", trade_ids=("t1", "t2"))
-    assert answers.settlement(fill, [{"id": "t1", "status": "MINED"}]).status is SettlementStatus.PENDING
-    assert answers.settlement(fill, [{"id": "t1", "status": "CONFIRMED"},
+    assert reads.settlement(fill, [{"id": "t1", "status": "MINED"}]).status is SettlementStatus.PENDING
+    assert reads.settlement(fill, [{"id": "t1", "status": "CONFIRMED"},
                                      {"id": "t2", "status": "MINED"}]).status is SettlementStatus.SETTLED
-    failed = answers.settlement(fill, [{"id": "t1", "status": "CONFIRMED"},
+    failed = reads.settlement(fill, [{"id": "t1", "status": "CONFIRMED"},
                                        {"id": "t2", "status": "FAILED", "size": "2"}])
     assert failed.status is SettlementStatus.FAILED and failed.returned_shares == 2_000_000
 

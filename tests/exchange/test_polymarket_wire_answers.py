@@ -1,8 +1,9 @@
 """The answer to a POST /order, for every (status, body) the exchange, its gateway or the network can hand
 back, pinned cell by cell: a change to `WIRE_ANSWERS` that moves any cell is seen.
 
-polymarket_wire_answers.json was written by the chain of if-branches that the table replaced, so the table
-is proven to answer as it did. A deliberate change of an answer edits its cells there, in the same change."""
+polymarket_wire_answers.json is the specification: regenerated for issue 11 A.1 (only a documented refusal
+parsed from the exchange's own JSON body is a "no"; everything unreadable is UNKNOWN), every cell reviewed.
+A deliberate change of an answer edits its cells there, in the same change."""
 
 from __future__ import annotations
 
@@ -147,6 +148,19 @@ BODIES: dict[str, object] = {
     "html 403 cloudflare": "<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title></head>"
                            "<body>Sorry, you have been blocked</body></html>",
     "truncated json text": '{"errorMsg":"","orderID":"' + ORDER + '","takingAmount":"2.61","status":"mat',
+    # issue 11 A.1: bodies that are not well-formed answers (the client hands non-UTF-8 bytes over decoded
+    # with U+FFFD), and 2xx bodies whose fields are absurd
+    "non-utf8 bytes": "\ufffd\ufffd\u0000{\"status\":\ufffd",
+    "html 425": "<html><body><h1>425 Too Early</h1></body></html>",
+    "html 503 maintenance": "<html><body>Service Temporarily Unavailable</body></html>",
+    "matched negative amount": matched(makingAmount="-4.35"),
+    "matched more than the order": matched(makingAmount="5", takingAmount="3"),
+    "matched exponent overflow": matched(makingAmount="1e999999999", takingAmount="1e999999999"),
+    "matched proceeds above a dollar a share": matched(takingAmount="5"),
+    "matched unknown status": matched(status="settled"),
+    "matched tradeIDs not a list": matched(tradeIDs="t1"),
+    "matched upper-case order id": matched(orderID="0x" + "AB" * 32),
+    "unmatched other order": matched(status="unmatched", tradeIDs=[], orderID=OTHER_ORDER),
 }
 
 GOLDEN = Path(__file__).with_name("polymarket_wire_answers.json")

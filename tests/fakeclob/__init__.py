@@ -65,7 +65,7 @@ class _Fault:
     remaining: int
     status: int
     path: str | None
-    body: dict | str
+    body: dict | str | bytes
 
 
 class FakeClob:
@@ -80,11 +80,15 @@ class FakeClob:
             api_passphrase=keccak(text=f"passphrase:{self.address}").hex(),
         )
         self.latency = 0.0
+        self.forget_finished_orders: str | None = None
+        """None: /data/order shows every order; "null" or "404": a finished (matched or killed) order is
+        answered as unknown, as the real endpoint does for finished orders (py-clob-client #217)."""
         self.host: str | None = None
         self._requests: list[Request] = []
         self._posted: list[object] = []
         self._faults: list[_Fault] = []
         self._losses: list[str] = []
+        self._mangles: list[tuple[str, int, dict | str | bytes]] = []
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -242,9 +246,10 @@ class FakeClob:
     # --- switches --------------------------------------------------------------------------------
 
     def fail_next(self, n: int, status: int, *, path: str | None = None,
-                  body: dict | str | None = None) -> None:
+                  body: dict | str | bytes | None = None) -> None:
         """The next `n` requests (whose path starts with `path`, if given) get `status` with the
-        real body for it, and nothing is executed."""
+        real body for it, and nothing is executed. `body` bytes are sent as they are (labelled JSON):
+        an answer that is not UTF-8, truncated, or nested too deep to parse."""
         if n < 1:
             raise ValueError("n must be positive")
         if body is None:
@@ -256,6 +261,12 @@ class FakeClob:
         """The next request on `path` (prefix) is executed, then its connection is closed unanswered."""
         with self._state.lock:
             self._losses.append(path)
+
+    def mangle_next_response(self, status: int, body: dict | str | bytes, path: str = "/order") -> None:
+        """The next request on `path` (prefix) is executed, then answered with `status` and `body` instead of
+        its real answer (a proxy's page, a truncated or mangled body after the order went through)."""
+        with self._state.lock:
+            self._mangles.append((path, status, body))
 
     # --- inspection ------------------------------------------------------------------------------
 
@@ -299,7 +310,7 @@ class FakeClob:
             if method == "POST" and path == "/order":
                 self._posted.append(body)
 
-    def _take_fault(self, path: str) -> tuple[int, dict | str] | None:
+    def _take_fault(self, path: str) -> tuple[int, dict | str | bytes] | None:
         with self._state.lock:
             for fault in self._faults:
                 if fault.path is None or path.startswith(fault.path):
@@ -307,6 +318,14 @@ class FakeClob:
                     if fault.remaining == 0:
                         self._faults.remove(fault)
                     return fault.status, fault.body
+        return None
+
+    def _take_mangle(self, path: str) -> tuple[int, dict | str | bytes] | None:
+        with self._state.lock:
+            for i, (prefix, status, body) in enumerate(self._mangles):
+                if path.startswith(prefix):
+                    del self._mangles[i]
+                    return status, body
         return None
 
     def _take_loss(self, path: str) -> bool:

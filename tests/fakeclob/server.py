@@ -143,6 +143,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(*fault)
             return
         lose = clob._take_loss(path)
+        mangle = clob._take_mangle(path)
         try:
             status, out = 200, self._route(path, query, text, body)
         except Answer as answer:
@@ -154,6 +155,8 @@ class Handler(BaseHTTPRequestHandler):
             # than dropping the connection, which a client would read as a lost response.
             traceback.print_exc()
             status, out = 500, {"error": "fakeclob internal error (traceback on stderr)"}
+        if mangle is not None:
+            status, out = mangle  # executed above; the answer that comes back is not its own
         if lose:
             # Executed, but the reply never arrives: the client sees the connection close with no
             # response (httpx RemoteProtocolError -> PolyApiException status_code=None).
@@ -166,10 +169,17 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, out)
 
     def _send(self, status: int, body: object) -> None:
+        if isinstance(body, bytes):
+            # Raw bytes as they are (an injected fault: not UTF-8, truncated, nested too deep), labelled JSON.
+            self._write(status, body, "application/json")
+            return
         if isinstance(body, str):
             payload, ctype = body.encode(), "text/plain; charset=utf-8"
         else:
             payload, ctype = json.dumps(body, separators=(",", ":")).encode(), "application/json"
+        self._write(status, payload, ctype)
+
+    def _write(self, status: int, payload: bytes, ctype: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(payload)))
@@ -358,6 +368,11 @@ def post_order(clob: FakeClob, query: dict[str, str], body: object) -> object:
 def get_order(clob: FakeClob, order_id: str) -> object:
     with clob._state.lock:
         order = clob._state.orders.get(order_id.lower())
+        if order is not None and order.status != "LIVE" and clob.forget_finished_orders is not None:
+            # A finished order dropped out of the endpoint (py-clob-client #217): `null`, or a 404 page.
+            order = None
+            if clob.forget_finished_orders == "404":
+                raise Answer(404, "404 page not found")
         return order_dict(order) if order else None   # unknown id: 200 `null`
 
 

@@ -172,10 +172,10 @@ class GatedSells(PaperExchange):
         self.waiting = anyio.Event()
         self.gate = anyio.Event()
 
-    async def sell(self, permit: Any, limit_price: Decimal) -> Any:
+    async def sell(self, permit: Any, limit_price: Decimal, **options: object) -> Any:
         self.waiting.set()
         await self.gate.wait()
-        return await super().sell(permit, limit_price)
+        return await super().sell(permit, limit_price, **options)
 
 
 class Said:

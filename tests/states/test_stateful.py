@@ -164,12 +164,12 @@ class CheckedExchange(PaperExchange):
             self.reported[token_id] = None
         return raw
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+    async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object) -> Fill:
         engine = self.engine
         assert engine is not None
         if not isinstance(permit, SellPermit):
             self.violations.append(f"sell without a permit: {permit!r}")
-            return await super().sell(permit, limit_price)
+            return await super().sell(permit, limit_price, **options)
         key = permit.position_key
         now = self.clock.monotonic()
         if not permit_is_fresh(permit, now, engine.permit_max_age):
@@ -196,7 +196,7 @@ class CheckedExchange(PaperExchange):
         self.in_flight_by_key[key] += 1
         self.max_in_flight_by_key = max(self.max_in_flight_by_key, self.in_flight_by_key[key])
         try:
-            fill = await super().sell(permit, limit_price)
+            fill = await super().sell(permit, limit_price, **options)
         finally:
             self.in_flight_by_key[key] -= 1
         await self._interrupt_point("sell:after")  # executed, but the caller stopped waiting
@@ -244,8 +244,10 @@ class ExitMachine(RuleBasedStateMachine):
         for token, minimum in zip(TOKENS, min_orders, strict=True):
             self.exchange.set_market(token, min_order_size=minimum)
         attempts = itertools.count(1)
+        # The background resolver is held off (tests/engine/test_resolver.py covers it): its lookups would run
+        # in the portal's loop while this thread inspects the engine. exit() and reconcile() still look up.
         self.engine = ExitEngine(self.exchange, clock=self.clock, retry=retry,
-                                 attempt_ids=lambda: f"attempt-{next(attempts)}")
+                                 attempt_ids=lambda: f"attempt-{next(attempts)}", resolve_backoff=(1e9, 1e9))
         self.exchange.engine = self.engine
         self._engine_cm = self.portal.wrap_async_context_manager(self.engine)
         self._engine_cm.__enter__()
@@ -288,6 +290,13 @@ class ExitMachine(RuleBasedStateMachine):
         candidates = live if live and index % 3 else self.keys
         return candidates[index % len(candidates)]
 
+    def note_unknown(self, key: str) -> None:
+        """Follow whether the key's outcome is unknown after a call that may have looked it up."""
+        if key in self.eng.unresolved():
+            self.unknown.add(key)
+        else:
+            self.unknown.discard(key)
+
     def exchange_seen(self) -> tuple[int, int]:
         return len(self.exchange.calls), len(self.exchange.sells)
 
@@ -329,7 +338,15 @@ class ExitMachine(RuleBasedStateMachine):
         if before in FINAL:
             assert isinstance(result, ExitRefused), (key, before, result)
         elif before == "SELLING":
-            assert result.outcome is ExitOutcome.IN_PROGRESS, (key, before, result)
+            # An unknown outcome (issue 11 A.3): exit() looks it up at once. Still unknown: UNKNOWN, nothing
+            # sent; settled: what the lookup found, or (proven not filled) a fresh verification and sell.
+            assert not isinstance(result, Exception), (key, before, result)
+            assert result.outcome in PROCEEDED, (key, before, result)
+            assert after in STATE_OF_OUTCOME[result.outcome], (key, result, after)
+            if result.outcome is ExitOutcome.UNKNOWN and after == "SELLING" and len(self.exchange.sells) == seen[1]:
+                assert key in self.eng.unresolved()
+            self.note_unknown(key)
+            return
         else:
             assert before == "OPEN", (key, before)
             assert not isinstance(result, Exception), (key, before, result)
@@ -429,10 +446,6 @@ class ExitMachine(RuleBasedStateMachine):
             assert all(isinstance(r, ExitRefused) for r in results), results
             assert self.exchange_seen() == seen
             return
-        if before == "SELLING":
-            assert all(r.outcome is ExitOutcome.IN_PROGRESS for r in results), results
-            assert self.exchange_seen() == seen
-            return
         proceeded = [r for r in results if r.outcome is not ExitOutcome.IN_PROGRESS]
         assert len(proceeded) == 1, f"{n} racing exits of an OPEN position: {results}"
         self.check_result(key, before, proceeded[0], seen)
@@ -446,10 +459,13 @@ class ExitMachine(RuleBasedStateMachine):
         results = self.portal.call(self._race, calls if exit_first else calls[::-1])
         exit_result, reconcile_result = results if exit_first else results[::-1]
         after = self.eng.state(key)
-        if before == "SELLING":  # unresolved: the exit must not resend; reconciliation settles it
-            assert exit_result.outcome is ExitOutcome.IN_PROGRESS
-            assert len(self.exchange.sells) == sells
-            self.after_reconcile(key, reconcile_result)
+        if before == "SELLING":  # unresolved: both look it up, one lookup at a time, and nothing is resent blind
+            assert not isinstance(exit_result, Exception) and exit_result.outcome in PROCEEDED | {
+                ExitOutcome.IN_PROGRESS}, exit_result
+            if len(self.exchange.sells) == sells:  # no fresh sell: at most a lookup happened
+                assert after in {"SELLING", "CLOSED", "OPEN", "RECONCILED"}, after
+            assert not isinstance(reconcile_result, Exception) or isinstance(reconcile_result, TransitionRefused)
+            self.note_unknown(key)
         elif before == "OPEN":
             assert isinstance(reconcile_result, TransitionRefused) or (
                 reconcile_result.outcome is ExitOutcome.IN_PROGRESS), reconcile_result
@@ -479,6 +495,8 @@ class ExitMachine(RuleBasedStateMachine):
         for result in results:
             if not isinstance(result, Exception) and result.outcome is ExitOutcome.UNKNOWN:
                 self.unknown.add(key)
+        if before == "SELLING":  # the exit looked the unknown outcome up first, and may have settled it
+            self.note_unknown(key)
 
     # -- rules: reconciliation -----------------------------------------------------------------------
 

@@ -38,6 +38,9 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "log-events.md"
 
 EMITTED_ELSEWHERE: dict[str, str] = {
     "recovery_reopened": "tests/engine/test_journal.py: needs a journal left by an engine that died while verifying",
+    "journal_write_failed": "tests/engine/test_journal_faults.py: needs a journal whose writes fail (disk full)",
+    "shutdown_grace_expired": "tests/engine/test_lifetime.py: needs an exit that outlives the shutdown's grace "
+                              "period (virtual time there; real waiting here)",
 }
 """Event name -> why this run does not emit it (and what does), for events the paper run cannot produce."""
 
@@ -164,11 +167,11 @@ class FaultyPaper(PaperExchange):
             self.warm_up_failed.set()
             raise self.warm_up_error
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+    async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object) -> Fill:
         if self.gate is not None:
             self.at_gate.set()
             await self.gate.wait()
-        fill = await super().sell(permit, limit_price)
+        fill = await super().sell(permit, limit_price, **options)
         return replace(fill, trade_ids=self.trade_ids)
 
     async def settlement(self, fill: Fill) -> Settlement:
@@ -256,7 +259,8 @@ async def faults_the_demo_does_not_show(clock: FrozenClock) -> None:
 
 async def restart_on_a_journal(path: Path, clock: FrozenClock) -> None:
     """An engine on a journal is left with a sell in flight (cancelled at the gate, so it is unresolved);
-    the next engine on the journal settles it by lookup before anything else."""
+    the next engine on the journal hands it to the resolver: a lookup that fails plans a retry, the next
+    one settles it."""
     paper = FaultyPaper(clock)
     market(paper, "restart")
     async with ExitEngine(paper, journal=path, clock=clock, settlement_poll_interval=None) as engine:
@@ -267,8 +271,10 @@ async def restart_on_a_journal(path: Path, clock: FrozenClock) -> None:
             await paper.at_gate.wait()
             group.cancel_scope.cancel()
     paper.gate = None
-    async with ExitEngine(paper, journal=path, clock=clock, settlement_poll_interval=None):
-        pass
+    async with ExitEngine(paper, journal=path, clock=clock, settlement_poll_interval=None) as engine:
+        paper.fail_next("lookup_sell")
+        await engine.reconcile("restart")
+        await engine.resolve_unknowns()
 
 
 @pytest.fixture(scope="module")

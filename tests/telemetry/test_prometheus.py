@@ -48,9 +48,9 @@ class TimedPaper(PaperExchange):
         self.manual.advance(REFRESH_S)
         await super().refresh_balance(token_id)
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+    async def sell(self, permit: SellPermit, limit_price: Decimal, **options: object) -> Fill:
         self.manual.advance(SELL_S)
-        fill = await super().sell(permit, limit_price)
+        fill = await super().sell(permit, limit_price, **options)
         return dataclasses.replace(fill, trade_ids=("trade-1",)) if permit.token_id in self.settling else fill
 
 

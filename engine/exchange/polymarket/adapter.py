@@ -13,7 +13,9 @@ rate-limit bucket and a deadline. Three of the client's habits are kept away fro
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -21,7 +23,6 @@ import anyio
 import anyio.to_thread
 from py_clob_client_v2.client import ClobClient
 from py_clob_client_v2.clob_types import (
-    ApiCreds,
     AssetType,
     BalanceAllowanceParams,
     OrderType,
@@ -36,11 +37,20 @@ from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2
 
 from exitguard.clock import Clock, SystemClock
 from exitguard.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
-from exitguard.exchange.polymarket import answers
+from exitguard.exchange.polymarket import answers, reads
 from exitguard.exchange.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
 from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
+from exitguard.exchange.polymarket.secrets import (
+    MaskedBody,
+    MaskedCreds,
+    MaskedHeaders,
+    mask_text,
+    own_call,
+    own_calls,
+    secure_client,
+)
 from exitguard.exchange.polymarket.settings import PolymarketSettings
-from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement
+from exitguard.exchange.port import Fill, LookupStatus, SellDeadline, SellLookup, Settlement
 from exitguard.settings import parse_count, parse_seconds
 from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit
 
@@ -71,6 +81,7 @@ class PolymarketExchange:
         if client.signer is None:
             raise InvalidValue("client", "ClobClient without a key", "selling needs a signing key (L1)")
         parse_count(max_threads, "max_threads")
+        secure_client(client)  # masked key and credentials (same values), and the HTTP logs redact them
         self.client = client
         self.call_timeout = parse_seconds(call_timeout, "call_timeout")
         self.max_order_wait = parse_seconds(max_order_wait, "max_order_wait", allow_zero=True)
@@ -78,7 +89,7 @@ class PolymarketExchange:
         self.limits = RateLimits(rate_limits, now=self.clock.monotonic, sleep=sleep or anyio.sleep)
         self._threads = anyio.CapacityLimiter(max_threads)
         self._builder = ExactAmountsBuilder(client.signer, client.builder.signature_type, client.builder.funder)
-        self._markets: dict[str, answers.TokenMarket] = {}
+        self._markets: dict[str, reads.TokenMarket] = {}
         self._warming: dict[str, anyio.Event] = {}
         self._version: int | None = None
         self._prepared: dict[str, tuple[SignedSell, Decimal]] = {}
@@ -86,22 +97,34 @@ class PolymarketExchange:
         self._signed: dict[str, SignedSell] = {}
         """attempt id -> the order signed for it; kept so that a lost answer can be looked up by id."""
         self._creds_lock = anyio.Lock()
+        self._posting: set[str] = set()
+        """Order ids whose POST thread has not returned: the request may still be on its way out."""
+        self._left: dict[str, float] = {}
+        """Order id -> when its POST thread returned (monotonic): the request left our hands."""
+        self._given_up: dict[str, float] = {}
+        """Order id -> when `sell` returned or raised (monotonic); a worker may outlive it."""
 
     @classmethod
     def from_settings(cls, settings: PolymarketSettings, **options: Any) -> PolymarketExchange:
         if not isinstance(settings, PolymarketSettings):
             raise InvalidValue("settings", type(settings).__name__, "must be PolymarketSettings")
         creds = None
-        if settings.has_api_creds:
-            creds = ApiCreds(settings.api_key, settings.api_secret, settings.api_passphrase)
+        if settings.api_key is not None and settings.api_secret is not None and settings.api_passphrase is not None:
+            creds = MaskedCreds(settings.api_key, settings.api_secret, settings.api_passphrase)
         try:
-            client = ClobClient(settings.host, settings.chain_id, key=settings.private_key, creds=creds,
+            client = ClobClient(settings.host, settings.chain_id, key=settings.private_key.reveal(), creds=creds,
                                 signature_type=settings.signature_type, funder=settings.funder,
                                 retry_on_error=False)
+            secure_client(client)
         except Exception as err:  # noqa: BLE001 - the client's own errors may quote the key
             raise InvalidValue("POLYMARKET_PRIVATE_KEY", "<redacted>",
                                f"the client refused the settings ({type(err).__name__})") from None
         return cls(client, **options)
+
+    @property
+    def wallet(self) -> str:
+        """The wallet traded (the port's `wallet`): the funder holding the shares, else the signer's address."""
+        return str(self.client.builder.funder or self.client.signer.address()).lower()
 
     def __repr__(self) -> str:
         return (f"PolymarketExchange(host={self.client.host!r}, chain_id={self.client.chain_id}, "
@@ -145,30 +168,39 @@ class PolymarketExchange:
         if version != ORDER_VERSION:
             raise OrderRejected(f"exchange runs order version {version}; this adapter signs V{ORDER_VERSION} "
                                 "orders only; nothing sent")
-        signed = sign_sell(self._builder, permit, limit_price, market.rules, neg_risk=market.neg_risk,
-                           chain_id=self.client.chain_id)
+        try:
+            signed = sign_sell(self._builder, permit, limit_price, market.rules, neg_risk=market.neg_risk,
+                               chain_id=self.client.chain_id)
+        except Exception as err:  # the signer's frames hold the key: re-raised without them, message masked
+            raise PermitError(f"polymarket: signing the order for {permit.token_id} failed ({type(err).__name__}: "
+                              f"{mask_text(str(err)[:100])}); nothing sent") from None
         self._prepared[permit.attempt_id] = (signed, limit_price)
         return signed
 
-    async def sell(self, permit: SellPermit, limit_price: Decimal) -> Fill:
+    async def sell(self, permit: SellPermit, limit_price: Decimal, *, deadline: SellDeadline) -> Fill:
         if isinstance(permit, SellPermit) and permit.attempt_id in self._signed:
             raise PermitError(f"polymarket: permit {permit.attempt_id} already used; nothing sent")
         signed = await self._prepare(permit, limit_price)
         self._prepared.pop(permit.attempt_id, None)
         try:
-            # The permit's verification ages while the post waits: past `max_order_wait`, give the slot
-            # up (nothing sent) and let the next attempt verify afresh.
-            await self.limits.acquire(Family.ORDER, max_wait=self.max_order_wait)
+            # The permit's verification ages while the post waits: past `max_order_wait`, or past the
+            # permit's own deadline, give the slot up (nothing sent) and let the next attempt verify afresh.
+            await self.limits.acquire(Family.ORDER, max_wait=max(0.0, min(self.max_order_wait, deadline.remaining())))
         except RateLimited as err:
+            deadline.check(f"order {signed.order_id}")
             raise TransientError(f"order for {permit.token_id}: {err}; nothing sent") from None
+        deadline.check(f"order {signed.order_id}")
         self._signed[permit.attempt_id] = signed
+        self._posting.add(signed.order_id)
         try:
             with anyio.fail_after(self.call_timeout):
-                status, body = await anyio.to_thread.run_sync(self._post, signed, limiter=self._threads,
+                status, body = await anyio.to_thread.run_sync(self._post, signed, deadline, limiter=self._threads,
                                                               abandon_on_cancel=True)
         except TimeoutError:
             raise UnknownOutcome(f"order {signed.order_id}: no answer within {self.call_timeout}s; it may "
                                  "have executed") from None
+        finally:
+            self._given_up[signed.order_id] = self.clock.monotonic()
         answer = answers.post_answer(status, body, signed)
         if isinstance(answer, ExchangeError):
             if answers.is_version_mismatch(body):
@@ -180,29 +212,42 @@ class PolymarketExchange:
         return answer
 
     async def lookup_sell(self, permit: SellPermit, order_id: str | None = None) -> SellLookup:
+        """What the exchange shows of the order (exitguard.exchange.polymarket.reads): the order endpoint
+        first; when it knows nothing (a 404, `null`, an empty or unreadable body) or cannot conclude, the
+        trades of the token since the order was signed. A failed read raises: it is no empty answer."""
         signed = self._signed.get(permit.attempt_id)
         if signed is None and order_id is None:
             # Without a journal, orders are known only to the adapter that signed them: one this adapter
-            # never signed was never sent by this process.
+            # never signed was never sent by this process (the engine still waits out its horizon).
             return SellLookup(LookupStatus.NOT_FOUND)
-        order_ref = answers.OrderRef.of(signed) if signed is not None else answers.OrderRef.recovered(
+        ref = reads.OrderRef.of(signed) if signed is not None else reads.OrderRef.recovered(
             order_id, permit)  # type: ignore[arg-type]
+        if ref.order_id in self._posting:
+            return SellLookup(LookupStatus.PENDING)
+        late = max(0.0, self._left.get(ref.order_id, 0.0) - self._given_up.get(ref.order_id, math.inf))
         await self._ensure_creds()
-        order = await self._read(Family.ORDER_LOOKUP, "order lookup", self.client.get_order, order_ref.order_id)
-        if isinstance(order, dict) and order:
-            trade_ids = answers.associated_trades(order)
-            trades = await self._trades(trade_ids)
-            return answers.order_lookup(order, trades, order_ref)
-        # Unknown to /data/order. A FOK that filled was not always retrievable there, so the token's
-        # trades since the order was signed are the second witness before "it never arrived".
-        params = TradeParams(asset_id=order_ref.token_id,
-                             after=None if order_ref.signed_at is None else order_ref.signed_at - 60)
-        recent = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, params, True)
-        return answers.lookup_from_trades(recent, order_ref)
+        try:
+            order = await self._read(Family.ORDER_LOOKUP, "order lookup", self.client.get_order, ref.order_id)
+        except TransientError as err:
+            if err.status != 404:
+                raise
+            order = None  # unknown to the order endpoint, which forgets finished orders: the trades decide
+        shown = None
+        if reads.is_order(order, ref):
+            assert isinstance(order, dict)
+            shown = reads.order_lookup(order, await self._trades(reads.associated_trades(order)), ref)
+            if shown.status in (LookupStatus.FILLED, LookupStatus.NOT_FILLED):
+                return replace(shown, left_late=late)
+        params = TradeParams(asset_id=ref.token_id, after=ref.trades_after)
+        recent = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, params)
+        found = reads.lookup_from_trades(recent, ref)
+        if found.status is LookupStatus.NOT_FOUND and shown is not None:
+            found = shown  # the order endpoint shows it, not finished: it may still fill
+        return replace(found, left_late=late)
 
     async def settlement(self, fill: Fill) -> Settlement:
         await self._ensure_creds()
-        return answers.settlement(fill, await self._trades(fill.trade_ids))
+        return reads.settlement(fill, await self._trades(fill.trade_ids))
 
     async def _trades(self, trade_ids: tuple[str, ...]) -> list[dict[str, Any]]:
         trades: list[dict[str, Any]] = []
@@ -214,14 +259,24 @@ class PolymarketExchange:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _post(self, signed: SignedSell) -> tuple[int | None, object]:
-        """One POST /order, in a worker thread. Returns (status, body); never raises for an HTTP answer."""
+    def _post(self, signed: SignedSell, deadline: SellDeadline) -> tuple[int | None, object]:
+        """One POST /order, in a worker thread. Returns (status, body); never raises for an HTTP answer.
+        Raises PermitExpired, with nothing sent, when waiting for this thread outlived the permit."""
+        deadline.check(f"order {signed.order_id}")
         try:
             return 200, post_fok(self.client, signed.order)
         except PolyApiException as err:
             return err.status_code, err.error_msg
+        except Exception as err:  # noqa: BLE001 - an answer the client could not hand over (a body nested too
+            # deep to parse, a broken stream) came after the order left: no status, so WIRE_ANSWERS says UNKNOWN.
+            return None, f"{type(err).__name__} while reading the answer"
+        finally:
+            # The request has left our hands only now that this thread returns: the lookup horizon counts
+            # from here, and until here a lookup cannot conclude anything.
+            self._left[signed.order_id] = self.clock.monotonic()
+            self._posting.discard(signed.order_id)
 
-    async def _market(self, token_id: str) -> answers.TokenMarket:
+    async def _market(self, token_id: str) -> reads.TokenMarket:
         while True:
             market = self._markets.get(token_id)
             if market is not None:
@@ -235,7 +290,7 @@ class PolymarketExchange:
         done = self._warming[token_id] = anyio.Event()
         try:
             book = await self._read(Family.BOOK, "order book", self.client.get_order_book, token_id)
-            market = answers.market_from_book(token_id, book)
+            market = reads.market_from_book(token_id, book)
             await self._order_version()
         finally:
             del self._warming[token_id]
@@ -256,32 +311,39 @@ class PolymarketExchange:
             if self.client.creds is None:
                 creds = await self._read(Family.GENERAL, "API key derivation", self.client.derive_api_key)
                 self.client.set_api_creds(creds)
+                secure_client(self.client)
 
     async def _read(self, family: Family, what: str, call: Callable[..., T], *args: object) -> T:
         """A call that changes nothing on the exchange: on timeout or transport error it failed, no more."""
         await self.limits.acquire(family)
         try:
             with anyio.fail_after(self.call_timeout):
-                return await anyio.to_thread.run_sync(call, *args, limiter=self._threads, abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(own_call(call), *args, limiter=self._threads,
+                                                      abandon_on_cancel=True)
         except TimeoutError:
             raise TransientError(f"{what}: no answer within {self.call_timeout}s") from None
         except PolyApiException as err:
-            raise answers.read_error(what, err.status_code, err.error_msg) from None
+            raise reads.read_error(what, err.status_code, err.error_msg) from None
         except PolyException as err:
             raise TransientError(f"{what}: {err.msg}") from None
+        except Exception as err:  # noqa: BLE001 - the client indexes bodies it never checked (a page without
+            # "data", an HTML answer): for a read that changes nothing, any of it is a failed read, no more.
+            raise TransientError(f"{what}: unreadable answer ({type(err).__name__}: {mask_text(str(err)[:100])})") \
+                from None
 
 
 def post_fok(client: ClobClient, order: Any) -> object:
     """POST /order of a signed order as FOK, once: the bytes `post_order` sends, without its settlement
     polling and without a retry. Raises PolyApiException for a non-200 answer or a transport error."""
     payload = order_to_json_v2(order, client.creds.api_key, OrderType.FOK, False, False)
-    serialized = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    serialized = MaskedBody(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
     if client.signer is None or client.creds is None:
         raise PolyException("L2 auth needs a signer and API credentials")
     # The client's public header builder, with the exact bytes that are sent (HMAC over the serialized body).
-    headers = create_level_2_headers(client.signer, client.creds, RequestArgs(
-        method="POST", request_path=POST_ORDER, body=payload, serialized_body=serialized))
-    return http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized, retry_on_error=False)
+    headers = MaskedHeaders(create_level_2_headers(client.signer, client.creds, RequestArgs(
+        method="POST", request_path=POST_ORDER, body=payload, serialized_body=serialized)))
+    with own_calls():
+        return http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized, retry_on_error=False)
 
 
 def _short(body: object, limit: int = 200) -> str:

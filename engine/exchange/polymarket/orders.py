@@ -18,7 +18,7 @@ from py_clob_client_v2.config import get_contract_config
 from py_clob_client_v2.order_builder.builder import ROUNDING_CONFIG, OrderBuilder
 from py_clob_client_v2.order_utils import ExchangeOrderBuilderV2, Side
 
-from exitguard.states import MICRO, MarketRules, PermitError, SellPermit
+from exitguard.states import MICRO, MarketRules, PermitError, SellPermit, exact
 
 FOK_TAKER_UNIT = 100
 """Raw USDC units: FOK/FAK taker amounts have at most 4 decimals."""
@@ -33,12 +33,13 @@ class ExactAmountsBuilder(OrderBuilder):  # type: ignore[misc]  # the client shi
     def get_order_amounts(self, side: Any, size: Any, price: Any, round_config: Any) -> tuple[Side, int, int]:
         if side not in ("SELL", Side.SELL) or not isinstance(size, Decimal) or not isinstance(price, Decimal):
             raise PermitError("exact order amounts: only SELL with Decimal size and price is built here")
-        maker = size * MICRO
-        if maker != maker.to_integral_value():
-            raise PermitError(f"exact order amounts: {size} shares are not whole micro-units")
-        # The exchange takes FOK taker amounts to 4 decimals (100 raw units): the proceeds we insist on
-        # round down, by less than 0.0001 USDC, so a sell at the limit still matches.
-        taker = (maker * price) // FOK_TAKER_UNIT * FOK_TAKER_UNIT
+        with exact():
+            maker = size * MICRO
+            if maker != maker.to_integral_value():
+                raise PermitError(f"exact order amounts: {size} shares are not whole micro-units")
+            # The exchange takes FOK taker amounts to 4 decimals (100 raw units): the proceeds we insist on
+            # round down, by less than 0.0001 USDC, so a sell at the limit still matches.
+            taker = (maker * price) // FOK_TAKER_UNIT * FOK_TAKER_UNIT
         return Side.SELL, int(maker), int(taker)
 
 
@@ -60,12 +61,15 @@ def sign_sell(builder: ExactAmountsBuilder, permit: SellPermit, limit_price: Dec
     if permit.shares % rules.size_step:
         raise PermitError(f"permit for {permit.shares} raw units of {permit.token_id} is off the "
                           f"{rules.size_step}-unit size step; nothing sent")
-    tick = format(rules.tick_size.normalize(), "f")
+    with exact():
+        tick = format(rules.tick_size.normalize(), "f")
     if tick not in ROUNDING_CONFIG:
         raise PermitError(f"tick size {tick} of token {permit.token_id} is not one the client can sign for")
-    args = OrderArgsV2(token_id=permit.token_id, price=limit_price,
-                       size=Decimal(permit.shares) / MICRO, side="SELL")
-    order = builder.build_order(args, CreateOrderOptions(tick_size=tick, neg_risk=neg_risk), version=ORDER_VERSION)
+    with exact():  # the client's builder runs in our decimal context too, never the application's
+        args = OrderArgsV2(token_id=permit.token_id, price=limit_price,
+                           size=Decimal(permit.shares) / MICRO, side="SELL")
+        order = builder.build_order(args, CreateOrderOptions(tick_size=tick, neg_risk=neg_risk),
+                                    version=ORDER_VERSION)
     if int(order.makerAmount) != permit.shares or int(order.side) != int(Side.SELL) \
             or order.tokenId != permit.token_id:
         raise PermitError(f"signed order sells {order.makerAmount} raw units of {order.tokenId}, the permit "

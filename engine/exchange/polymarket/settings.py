@@ -1,13 +1,16 @@
-"""Live connection settings, read from the environment. Secrets never leave this object in text form:
-its repr masks them, and an error about a malformed secret names the variable, never the value."""
+"""Live connection settings, read from the environment. Secrets never leave this object in text form: the
+private key and the API credentials are held as `Secret` (repr and str masked, unwrapped by the adapter at
+the call that needs them), and an error about any POLYMARKET_* variable shows its value only when that value
+does not look like a key or secret: a private key pasted into POLYMARKET_HOST is not echoed either."""
 
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
+from exitguard.exchange.polymarket.secrets import REDACTED, Secret, masked, secret
 from exitguard.states import InvalidValue
 
 DEFAULT_HOST = "https://clob.polymarket.com"
@@ -27,53 +30,86 @@ ENV = {
 }
 """Setting -> environment variable."""
 
-REDACTED = "<redacted>"
 _PRIVATE_KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_NUMBER = re.compile(r"[0-9]{1,9}")
+_CREDS = ("api_key", "api_secret", "api_passphrase")
 
 
-@dataclass(frozen=True, slots=True)
+def _refuse(name: str, value: object, why: str) -> NoReturn:
+    """Raise InvalidValue naming the variable. Callers pass a Secret or a masked value, never raw text: a
+    traceback with locals (loguru's diagnose) prints every name on the raising line."""
+    shown = masked(value)
+    raise InvalidValue(ENV[name], shown, why)
+
+
 class PolymarketSettings:
-    """What the adapter needs to trade. API credentials are all three or none (then derived from the key)."""
+    """What the adapter needs to trade. API credentials are all three or none (then derived from the key).
 
-    private_key: str = field(repr=False)
-    host: str = DEFAULT_HOST
-    chain_id: int = POLYGON
-    api_key: str | None = None
-    api_secret: str | None = field(default=None, repr=False)
-    api_passphrase: str | None = field(default=None, repr=False)
-    signature_type: int = 0
-    funder: str | None = None
+    Text settings may be given as str or Secret; the key and the credentials are kept as Secret."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.private_key, str) or not _PRIVATE_KEY.fullmatch(self.private_key):
-            raise InvalidValue(ENV["private_key"], REDACTED, "must be 64 hex digits (optionally 0x-prefixed)")
-        if not isinstance(self.host, str) or not self.host.startswith(("https://", "http://")):
-            raise InvalidValue(ENV["host"], self.host, "must be an http(s) URL")
-        if self.chain_id not in (POLYGON, AMOY):
-            raise InvalidValue(ENV["chain_id"], self.chain_id, f"must be {POLYGON} (Polygon) or {AMOY} (Amoy)")
-        creds = (self.api_key, self.api_secret, self.api_passphrase)
-        if any(c is not None for c in creds) and not all(isinstance(c, str) and c for c in creds):
-            missing = [ENV[name] for name, value in zip(("api_key", "api_secret", "api_passphrase"), creds,
-                                                        strict=True) if not value]
+    __slots__ = ("private_key", "host", "chain_id", "api_key", "api_secret", "api_passphrase", "signature_type",
+                 "funder")
+    private_key: Secret
+    host: str
+    chain_id: int
+    api_key: Secret | None
+    api_secret: Secret | None
+    api_passphrase: Secret | None
+    signature_type: int
+    funder: str | None
+
+    def __init__(self, private_key: str | Secret, host: str | Secret = DEFAULT_HOST, chain_id: int = POLYGON,
+                 api_key: str | Secret | None = None, api_secret: str | Secret | None = None,
+                 api_passphrase: str | Secret | None = None, signature_type: int = 0,
+                 funder: str | Secret | None = None) -> None:
+        key = private_key if isinstance(private_key, Secret) else Secret(private_key) \
+            if isinstance(private_key, str) else None
+        if key is None or not _PRIVATE_KEY.fullmatch(key.reveal()):
+            _refuse("private_key", REDACTED, "must be 64 hex digits (optionally 0x-prefixed)")
+        url = secret(host) if isinstance(host, (str, Secret)) else Secret(f"<{type(host).__name__}>")
+        if not url.reveal().startswith(("https://", "http://")):
+            _refuse("host", url, "must be an http(s) URL")
+        if _PRIVATE_KEY.search(url.reveal()):
+            _refuse("host", REDACTED, "holds 64 hex digits: a private key pasted into the wrong variable?")
+        if isinstance(chain_id, bool) or chain_id not in (POLYGON, AMOY):
+            _refuse("chain_id", chain_id, f"must be {POLYGON} (Polygon) or {AMOY} (Amoy)")
+        creds = tuple(secret(c) if isinstance(c, (str, Secret)) else c for c in (api_key, api_secret, api_passphrase))
+        if any(c is not None for c in creds) and not all(isinstance(c, Secret) and c.reveal() for c in creds):
+            missing = [ENV[name] for name, value in zip(_CREDS, creds, strict=True)
+                       if not isinstance(value, Secret) or not value.reveal()]
             raise InvalidValue(", ".join(missing), None,
                                "API credentials are all three or none (none: derived from the private key)")
-        if self.signature_type not in SIGNATURE_TYPES:
-            raise InvalidValue(ENV["signature_type"], self.signature_type,
-                               f"must be one of {', '.join(f'{k} ({v})' for k, v in SIGNATURE_TYPES.items())}")
-        if self.funder is not None and not _ADDRESS.fullmatch(self.funder):
-            raise InvalidValue(ENV["funder"], self.funder, "must be a 0x-prefixed 20-byte address")
-        if self.signature_type != 0 and self.funder is None:
-            raise InvalidValue(ENV["funder"], None,
-                               f"required with signature type {self.signature_type}: the wallet holding the shares")
+        if isinstance(signature_type, bool) or signature_type not in SIGNATURE_TYPES:
+            _refuse("signature_type", signature_type,
+                    f"must be one of {', '.join(f'{k} ({v})' for k, v in SIGNATURE_TYPES.items())}")
+        wallet = secret(funder) if isinstance(funder, (str, Secret)) else funder
+        if wallet is not None and (not isinstance(wallet, Secret) or not _ADDRESS.fullmatch(wallet.reveal())):
+            _refuse("funder", wallet, "must be a 0x-prefixed 20-byte address")
+        if signature_type != 0 and wallet is None:
+            _refuse("funder", None, f"required with signature type {signature_type}: the wallet holding the shares")
+        for name, value in (("private_key", key), ("host", url.reveal()), ("chain_id", chain_id),
+                            ("api_key", creds[0]), ("api_secret", creds[1]), ("api_passphrase", creds[2]),
+                            ("signature_type", signature_type),
+                            ("funder", None if wallet is None else wallet.reveal())):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"PolymarketSettings is immutable; build new settings instead of setting {name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PolymarketSettings) and all(
+            getattr(self, name) == getattr(other, name) for name in PolymarketSettings.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def has_api_creds(self) -> bool:
         return self.api_key is not None
 
     def __repr__(self) -> str:
-        return (f"PolymarketSettings(host={self.host!r}, chain_id={self.chain_id}, private_key={REDACTED}, "
-                f"api_key={self.api_key!r}, api_secret={REDACTED if self.api_secret else None}, "
+        return (f"PolymarketSettings(host={masked(self.host)!r}, chain_id={self.chain_id}, private_key={REDACTED}, "
+                f"api_key={REDACTED if self.api_key else None}, api_secret={REDACTED if self.api_secret else None}, "
                 f"api_passphrase={REDACTED if self.api_passphrase else None}, "
                 f"signature_type={self.signature_type}, funder={self.funder!r})")
 
@@ -81,28 +117,31 @@ class PolymarketSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PolymarketSettings:
-        """Read the POLYMARKET_* variables. Raises InvalidValue naming the variable that is missing or bad."""
+        """Read the POLYMARKET_* variables. Raises InvalidValue naming the variable that is missing or bad.
+
+        Every value is wrapped in a Secret as it is read: whichever variable a key was pasted into, no frame
+        of this function holds it in clear."""
         env = os.environ if environ is None else environ
 
-        def text(name: str) -> str | None:
+        def text(name: str) -> Secret | None:
             value = env.get(ENV[name])
-            return value.strip() or None if value is not None else None
+            return Secret(value.strip()) if isinstance(value, str) and value.strip() else None
 
         def number(name: str, default: int) -> int:
             raw = text(name)
             if raw is None:
                 return default
-            try:
-                return int(raw)
-            except ValueError:
-                raise InvalidValue(ENV[name], raw, "must be an integer") from None
+            if not _NUMBER.fullmatch(raw.reveal()):
+                _refuse(name, raw, "must be an integer")
+            return int(raw.reveal())
 
         key = text("private_key")
         if key is None:
             raise InvalidValue(ENV["private_key"], None, "is not set; live trading needs the wallet's signing key")
+        host = text("host")
         return cls(
             private_key=key,
-            host=(text("host") or DEFAULT_HOST).rstrip("/"),
+            host=DEFAULT_HOST if host is None else Secret(host.reveal().rstrip("/")),
             chain_id=number("chain_id", POLYGON),
             api_key=text("api_key"),
             api_secret=text("api_secret"),
