@@ -12,7 +12,10 @@ from exitguard.errors import (
     OrderRejected,
     PermitExpired,
     PositionConflict,
+    QuantityOutOfBounds,
+    ScenarioError,
     TransientError,
+    UnjournaledSales,
     UnknownOutcome,
     UnknownPosition,
     WalletInUse,
@@ -32,7 +35,7 @@ from exitguard.position import ExitOutcome, ExitResult, Position
 from exitguard.retry import RetryPolicy
 from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit, TransitionRefused
 from exitguard.telemetry.divergence import DivergenceAlert, DivergenceDetector, DivergenceEvent, DivergenceKind
-from exitguard.telemetry.logs import configure_logging
+from exitguard.telemetry.logs import add_log_sink, configure_logging
 
 __version__ = "0.1.0"
 
@@ -64,7 +67,9 @@ __all__ = [
     "PermitExpired",
     "Position",
     "PositionConflict",
+    "QuantityOutOfBounds",
     "RetryPolicy",
+    "ScenarioError",
     "SellDeadline",
     "SellLookup",
     "SellPermit",
@@ -73,8 +78,10 @@ __all__ = [
     "SystemClock",
     "TransientError",
     "TransitionRefused",
+    "UnjournaledSales",
     "UnknownOutcome",
     "UnknownPosition",
     "WalletInUse",
+    "add_log_sink",
     "configure_logging",
 ]

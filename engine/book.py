@@ -23,6 +23,7 @@ from exitguard.journal import Journal, JournaledTransition
 from exitguard.position import Position, refuse_future_buy
 from exitguard.states import FINAL_STATES, PositionRecord, State, TransitionRefused, fire, micro_to_shares
 from exitguard.telemetry.logs import emit
+from exitguard.tracking import differences, retrack_conflict, updated
 
 
 class PositionBook:
@@ -102,13 +103,17 @@ class PositionBook:
 
     # -- changes -----------------------------------------------------------------------------------
 
-    def track(self, position: Position) -> PositionRecord:
-        """A new OPEN position. One live (unfinished) position per key and per token."""
+    def track(self, position: Position) -> PositionRecord | None:
+        """A new OPEN position. One live (unfinished) position per key and per token. The same position again
+        (a bot re-tracking its book at start) changes nothing and returns None; a different one is refused."""
         self._refuse_without_journal()
+        tracked = self._records.get(position.key)
+        if tracked is not None:
+            found = differences(tracked, position)
+            if not found:
+                return None
+            raise retrack_conflict(tracked, found, journaled=self.journal is not None)
         refuse_future_buy(position, self.clock.wall())
-        if position.key in self._records:
-            raise PositionConflict(f"position key={position.key!r}: already tracked (state "
-                                   f"{self._records[position.key].state}); forget() a finished one first")
         holder = self._live_by_token.get(position.token_id)
         if holder is not None:
             raise PositionConflict(
@@ -128,6 +133,32 @@ class PositionBook:
         self._records[position.key] = record
         self._live_by_token[position.token_id] = position.key
         return record
+
+    def update(self, key: str, shares: object, last_buy_at: datetime | None) -> None:
+        """An OPEN position now holds `shares` (a second buy, a partial fill learned late) and, when given, its
+        last buy. Not a transition: the state stays OPEN and nothing is decided (the next exit verifies against
+        the new figure); journaled as a `position_updated` row of the trail, so a restart restores it."""
+        self._refuse_without_journal()
+        record = self.get(key)
+        if record.state is not State.OPEN:
+            raise TransitionRefused(key, record.state, "update", "only an OPEN position can grow or shrink; an exit "
+                                    "in flight or a finished position keeps the shares it was verified with")
+        position = updated(record, shares, last_buy_at)
+        refuse_future_buy(position, self.clock.wall())
+        before = record.expected, record.last_buy_at
+        record.expected, record.last_buy_at = position.micro_shares, position.last_buy_at
+        if self.journal is not None:
+            try:
+                self._refuse_on_failed_journal()
+                self.journal.note_update(record, before[0], self.clock.wall())
+            except JournalError as err:
+                record.expected, record.last_buy_at = before  # memory stays what the journal holds
+                if self.journal.failed is None:
+                    self._journal_failed(record, "position_updated", err)
+                raise
+        emit("position_updated", key=key, token=record.token_id, shares=position.shares,
+             previous_shares=micro_to_shares(before[0]),
+             last_buy_at=None if position.last_buy_at is None else position.last_buy_at.isoformat())
 
     def forget(self, key: str) -> None:
         """Drop a finished position."""
@@ -235,10 +266,11 @@ class PositionBook:
         for row in journal.positions():
             record = row.record()
             early = pending.pop(record.key, None)
-            if early is not None and (early.token_id, early.expected) != (record.token_id, record.expected):
-                raise PositionConflict(f"position key={record.key!r}: tracked as {early.token_id!r} x "
-                                       f"{micro_to_shares(early.expected)} but journaled as {record.token_id!r} x "
-                                       f"{micro_to_shares(record.expected)}")
+            found = () if early is None else differences(record, Position(
+                key=early.key, token_id=early.token_id, shares=micro_to_shares(early.expected),
+                last_buy_at=early.last_buy_at))
+            if found:
+                raise retrack_conflict(record, found, journaled=True)
             records[record.key] = record
             if row.order_id is not None:
                 order_ids[record.key] = row.order_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from exitguard.states.answers import SellAnswer
-from exitguard.states.errors import InvalidValue, PermitError, TransitionRefused
+from exitguard.states.errors import InvalidValue, PermitError, QuantityOutOfBounds, TransitionRefused, shown
 
 __all__ = [
     "EngineClosed",
@@ -25,6 +25,8 @@ __all__ = [
     "PermitError",
     "PermitExpired",
     "PositionConflict",
+    "QuantityOutOfBounds",
+    "ScenarioError",
     "TransientError",
     "TransitionRefused",
     "UnknownOutcome",
@@ -45,7 +47,13 @@ class UnknownPosition(KeyError):
 
 class PositionConflict(ValueError):
     """A second live position for a key or token. The exchange holds one balance per token, so two
-    live positions on one token would each "verify" the other's shares and sell them."""
+    live positions on one token would each "verify" the other's shares and sell them. A key tracked again
+    with other figures than it has (journaled or in memory) names each one in `differences`."""
+
+    def __init__(self, message: str, *, differences: tuple[tuple[str, object, object], ...] = ()) -> None:
+        super().__init__(message)
+        self.differences = differences
+        """(field, the tracked value, the new value) for each field a re-track would change."""
 
 
 class ExitRefused(RuntimeError):
@@ -55,6 +63,19 @@ class ExitRefused(RuntimeError):
         self.key = key
         self.state = state
         super().__init__(f"position key={key!r}: no exit from state {state}; the position is finished")
+
+
+class ScenarioError(ValueError):
+    """A scenario line (`exitguard run`, `exitguard.cli.scenario`) that cannot be run; the message names the
+    line and the field."""
+
+    def __init__(self, source: str, line: int, field: str, why: str) -> None:
+        self.source, self.line, self.field = source, line, field
+        super().__init__(f"{source}:{line}: field {field!r}: {why}")
+
+    @classmethod
+    def from_invalid(cls, source: str, line: int, err: InvalidValue) -> ScenarioError:
+        return cls(source, line, err.field, f"{shown(err.value)}: {err.why}")
 
 
 class EngineClosed(RuntimeError):
@@ -68,6 +89,15 @@ class JournalError(RuntimeError):
     def __init__(self, path: object, why: str) -> None:
         self.path = str(path)
         super().__init__(f"journal {self.path}: {why}")
+
+
+class UnjournaledSales(JournalError):
+    """After an unclean stop, the exchange shows sales of ours whose orders the journal does not know: it lost
+    writes (or something else sold from the wallet). Raised when the engine starts, before anything is sent."""
+
+    def __init__(self, path: object, orders: tuple[str, ...], why: str) -> None:
+        self.orders = orders
+        super().__init__(path, why)
 
 
 class WalletInUse(RuntimeError):

@@ -4,10 +4,11 @@ Each step does its I/O here, then feeds the answer to the position machine as a 
 decides the next state. The one sell path is: request_exit -> balance fetched -> permit issued ->
 permit fresh -> one FOK post of exactly the permit's shares.
 
-Beside it: the positions and the one place transitions fire (`book.py`), what is reported after one
-(`reports.py`), the balance and rule reads (`verify.py`), the sell step (`sell.py`), reconciliation
-(`reconcile.py`) and the background resolution of unknown outcomes (`resolver.py`), warm-ups and settlements
-(`background.py`), restart recovery (`recovery.py`), the calls in flight and the shutdown (`gate.py`).
+Beside it: the positions and the one place transitions fire (`book.py`), re-tracks and updates (`tracking.py`),
+what is reported after one (`reports.py`), one attempt (`attempt.py`), the balance and rule reads (`verify.py`),
+the sell step (`sell.py`), reconciliation (`reconcile.py`) and the background resolution of unknown outcomes
+(`resolver.py`), warm-ups and settlements (`background.py`), restart recovery (`recovery.py`), the calls in
+flight and the shutdown (`gate.py`), the kill switch (`control.py`).
 """
 
 from __future__ import annotations
@@ -16,26 +17,28 @@ import os
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import anyio
 
+from exitguard.attempt import Attempt
 from exitguard.background import Settlements, WarmUps
 from exitguard.book import PositionBook
 from exitguard.clock import Clock, SystemClock
-from exitguard.errors import EngineClosed, ExchangeError, ExitRefused
+from exitguard.control import KillSwitch
+from exitguard.errors import EngineClosed, ExitRefused
 from exitguard.exchange.port import Exchange, SettlementStatus
 from exitguard.gate import Gate
 from exitguard.interrupt import cut_short, settle_interrupted
 from exitguard.journal import Journal
+from exitguard.journal.audit import audit_unclean_start
 from exitguard.position import ExitOutcome, ExitResult, Position
 from exitguard.reconcile import DEFAULT_LOOKUP_HORIZON, Reconciler
 from exitguard.recovery import RecoverySummary, recover
-from exitguard.reports import Reporter, balance_facts, log_fields
+from exitguard.reports import Reporter, log_fields
 from exitguard.resolver import Resolver
 from exitguard.retry import RetryPolicy
 from exitguard.sell import Seller
@@ -44,23 +47,19 @@ from exitguard.states import (
     DEFAULT_PERMIT_MAX_AGE,
     IN_FLIGHT_STATES,
     InvalidValue,
+    MarketRules,
     PositionRecord,
-    Report,
     State,
-    assess_balance,
-    micro_to_shares,
     parse_excess,
     parse_price,
-    verify_divergence,
 )
 from exitguard.telemetry.divergence import DivergenceDetector
-from exitguard.telemetry.logs import emit, enabled
+from exitguard.telemetry.logs import emit
 from exitguard.telemetry.metrics import EngineMetrics
 from exitguard.verify import Verifier, check_tick
 from exitguard.wallet_lock import holding_wallet
 
 DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
-UNSETTLED_ZERO = "balance 0 inside the settlement window of the last buy: the cache may lag the buy"
 
 
 class ExitEngine:
@@ -68,8 +67,9 @@ class ExitEngine:
 
     `journal=path` makes the engine crash-safe: every transition is written (fsync'd) to a SQLite journal
     before the engine acts on it; on entry the engine takes the journal's lock (one engine per file),
-    restores the positions, reopens what was surely not sent and hands what may have been sent to the
-    background resolver, then returns: exits can start while those lookups run.
+    restores the positions, after an unclean stop refuses to start if the exchange shows a sale the journal
+    does not know (journal/audit.py), reopens what was surely not sent and hands what may have been sent to
+    the background resolver, then returns: exits can start while those lookups run.
 
     Unknown outcomes resolve themselves: lookups retried from `resolve_backoff[0]` seconds, doubling to
     `resolve_backoff[1]`, at most `resolve_concurrency` at once; an order the exchange does not show, with no
@@ -142,9 +142,12 @@ class ExitEngine:
         self._seller = Seller(exchange, self._book, self._report, self._settlements, self.clock, self.metrics,
                               permit_max_age=permit_max_age, timeout=sell_timeout,
                               distrust_balance=self._verify.distrust_balance, distrust_rules=self._verify.forget_rules)
+        self._attempt = Attempt(self._verify, self._book, self._report, self._seller, self.clock, self.metrics,
+                                verify_timeout=verify_timeout, settlement_window=settlement_window, excess=self.excess)
         self._lifetime: AsyncExitStack | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._gate = Gate(shutdown_grace)
+        self._switch = KillSwitch(self.clock, self.metrics)
         self._exiting: set[str] = set()
         """Keys with an exit() running now: another exit() of them is IN_PROGRESS."""
 
@@ -182,6 +185,7 @@ class ExitEngine:
             for position in untracked:
                 self.track(position)
         lifetime.enter_context(holding_wallet(self.exchange))  # after the journal's lock: its refusal names it
+        await audit_unclean_start(self.exchange, self.journal)  # a sale the journal forgot refuses the start
         self._limiter = anyio.CapacityLimiter(self.max_concurrent_exits)
         # Warm-ups, settlement polling and the resolution of unknown outcomes run beside the exits; the task
         # group is cancelled before the journal closes, so none of them outlives it.
@@ -214,14 +218,41 @@ class ExitEngine:
     # -- positions ---------------------------------------------------------------------------------
 
     def track(self, position: Position) -> None:
-        """Start tracking a position. One live (unfinished) position per key and per token."""
+        """Start tracking a position. One live (unfinished) position per key and per token. Tracking the same
+        position again (a bot re-tracking its book at start, after the journal restored it) does nothing; a
+        different one under a tracked key raises PositionConflict naming each difference (tracking.py)."""
         if not isinstance(position, Position):
             raise InvalidValue("position", position, "must be an exitguard Position")
         self._gate.check_track(journaled=self.journal_path is not None)
-        self._book.track(position)
-        if enabled("position_tracked"):
-            emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
+        if self._book.track(position) is None:
+            return
+        emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
         self._warm_ups.request(position.token_id)
+
+    def update(self, key: str, *, shares: Decimal, last_buy_at: datetime | None = None) -> None:
+        """An OPEN position now holds `shares` (a second buy, a partial fill learned late); `last_buy_at`, when
+        given, opens the settlement window anew. Journaled; refused (TransitionRefused) in any other state."""
+        self._gate.check_track(journaled=self.journal_path is not None)
+        self._book.update(key, shares, last_buy_at)
+
+    async def market(self, token_id: str) -> MarketRules:
+        """The token's market rules (tick size, minimum order size): cached, else asked of the exchange within
+        `verify_timeout`. `rules.round_to_tick(price)` puts a limit price on the tick."""
+        self._gate.check()
+        return await self._verify.market(token_id, self.verify_timeout)
+
+    def pause(self, reason: str) -> None:
+        """The kill switch (control.py): new exits return PAUSED and send nothing until `resume()`; an exit in
+        flight ends its attempt without a retry; unknown outcomes go on being looked up."""
+        self._switch.pause(reason)
+
+    def resume(self) -> None:
+        self._switch.resume()
+
+    @property
+    def paused(self) -> str | None:
+        """Why new exits are refused; None while they run."""
+        return self._switch.reason
 
     def forget(self, key: str) -> None:
         """Drop a finished position from memory."""
@@ -288,6 +319,8 @@ class ExitEngine:
             return self._report.counted(self._report.finish(record, ExitOutcome.IN_PROGRESS, attempts=0))
         if record.state is not State.OPEN and not record.unresolved:
             raise ExitRefused(key, record.state)
+        if self._switch.reason is not None:
+            return self._report.counted(self._switch.refused(record, reason, self._report))
         rules = self._verify.cached_rules(record.token_id)
         if rules is not None:
             check_tick(price, rules)
@@ -317,8 +350,8 @@ class ExitEngine:
         price = first_price
         attempts = 1
         while True:
-            result, retryable = await self._attempt(record, price, attempts)
-            if not retryable or attempts >= self.retry.max_attempts:
+            result, retryable = await self._attempt.run(record, price, attempts)
+            if not retryable or attempts >= self.retry.max_attempts or self._switch.reason is not None:
                 return result
             rules = self._verify.cached_rules(record.token_id)
             next_price = None if rules is None else self.retry.next_price(first_price, price, rules.tick_size)
@@ -330,40 +363,6 @@ class ExitEngine:
             attempts += 1
             self._book.fire(record, "request_exit", reason=reason, limit_price=price, attempt_id=self._attempt_ids())
 
-    async def _attempt(self, record: PositionRecord, price: Decimal, attempts: int) -> tuple[ExitResult, bool]:
-        """One verification and at most one sell. Returns the result and whether a retry may follow."""
-        token = record.token_id
-        started = self.clock.monotonic()
-        try:
-            with anyio.fail_after(self.verify_timeout):
-                rules = await self._verify.rules(token)
-                check_tick(price, rules)
-                balance = await self._verify.balance(record)
-        except (ExchangeError, InvalidValue, TimeoutError) as err:
-            latency = self.clock.monotonic() - started
-            error = str(err) or f"no answer within {self.verify_timeout}s"
-            result = self._verify_failed(record, err, error, price, attempts, latency)
-            if isinstance(err, InvalidValue) and err.field == "limit_price":
-                raise
-            return result, False
-        verified_at = self.clock.monotonic()
-        latency = verified_at - started
-        self.metrics.verify_latency_recorder.record(latency)
-        verdict = assess_balance(record.expected, balance, rules, last_buy_at=record.last_buy_at,
-                                 now=self.clock.wall(), settlement_window=self.settlement_window, excess=self.excess)
-        self._book.fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
-        context = log_fields(record, latency)
-        if record.state is State.SELLING:
-            if verdict.mismatch:
-                self._report.mismatch(record, verdict, context)
-            return await self._seller.sell(record, price, attempts, latency)
-        report = self._report.after(record, "balance_fetched", context, between=(verdict.expected, verdict.actual),
-                                    **balance_facts(verdict),
-                                    min_order_size=micro_to_shares(rules.min_order_size),
-                                    error=UNSETTLED_ZERO, error_type="UnsettledBalance")
-        return self._finish(record, report, attempts=attempts, price=price, latency=latency,
-                            error=UNSETTLED_ZERO if record.state is State.OPEN else None), False
-
     # -- reconciliation ----------------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> ExitResult:
@@ -374,19 +373,3 @@ class ExitEngine:
         async with self._gate.call():
             return self._report.counted(await self._resolver.resolve(record))
         return cut_short(self._book, self._report, record, self._gate.grace)
-
-    # -- shared steps ------------------------------------------------------------------------------
-
-    def _verify_failed(self, record: PositionRecord, err: Exception, error: str, price: Decimal, attempts: int,
-                       latency: float) -> ExitResult:
-        self._book.fire(record, "verify_failed", error=error)
-        report = self._report.after(record, "verify_failed", log_fields(record, latency), error=error,
-                                    error_type=type(err).__name__, divergence=verify_divergence(err),
-                                    between=(record.expected, None))
-        return self._finish(record, report, attempts=attempts, price=price, latency=latency, error=error)
-
-    def _finish(self, record: PositionRecord, report: Report, **result: Any) -> ExitResult:
-        assert report.outcome is not None, "an edge that ends an exit names its outcome"
-        if report.outcome is ExitOutcome.VERIFY_FAILED:
-            self.metrics.verify_failures += 1
-        return self._report.finish(record, report.outcome, **result)

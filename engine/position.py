@@ -78,4 +78,8 @@ class ExitResult:
     limit_price: Decimal | None = None
     """The limit of the last sell attempt."""
     order_id: str | None = None
+    """The order that filled (CLOSED), or the one whose outcome is being looked up (UNKNOWN) when known."""
     error: str | None = None
+    avg_price: Decimal | None = None
+    """The fill's average price (CLOSED). None only when no fill happened, or when a lookup proved the fill
+    without describing it (the exchange showed the order matched but no readable trade)."""

@@ -9,6 +9,8 @@ that changes collection, so a test suite that does not ask for them runs exactly
     paper_faults         PaperFaults: injects each paper-exchange fault by name
     exit_engine          an ExitEngine on paper_exchange, opened before the test and closed after it
     exit_engine_options  the keyword arguments exit_engine is built with (override it, or use the marker)
+    exitguard_events     an EventCapture: exitguard's log events emitted during the test (`names()`,
+                         `named(event)`), with exitguard's records turned on for the test only
 
     @pytest.mark.exitguard_engine(**options)   per-test ExitEngine options, e.g. permit_max_age=1.0;
                                                journal=True asks for a fresh journal file in tmp_path
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from exitguard.cli.scenario import FAULT_ERRORS
 from exitguard.clock import ManualClock
@@ -36,8 +39,9 @@ from exitguard.exchange.paper import KILLED_MESSAGE, PaperExchange
 from exitguard.exits import ExitEngine
 from exitguard.settings import parse_seconds
 from exitguard.states import InvalidValue
+from exitguard.telemetry.logs import records_enabled
 
-__all__ = ["FrozenClock", "PaperFaults", "attempt_ids", "JOURNAL_FILE"]
+__all__ = ["EventCapture", "FrozenClock", "PaperFaults", "attempt_ids", "capturing_events", "JOURNAL_FILE"]
 
 JOURNAL_FILE = "exitguard-journal.sqlite"
 """The journal's file name inside the test's tmp_path, for `@pytest.mark.exitguard_engine(journal=True)`."""
@@ -145,6 +149,48 @@ def attempt_ids(prefix: str = "attempt") -> Callable[[], str]:
     return lambda: f"{prefix}-{next(counter)}"
 
 
+class EventCapture:
+    """exitguard's log events, in the order they were emitted. Each record is a dict: `event` (the name,
+    as in exitguard.telemetry.logs.EVENTS), `level` (e.g. "WARNING") and the event's fields as emitted
+    (Decimal shares and prices stay Decimal)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def sink(self, message: Any) -> None:
+        record = message.record
+        self.records.append({**record["extra"], "event": record["extra"]["event"], "level": record["level"].name})
+
+    def names(self) -> list[str]:
+        """Every event's name, in order, repeats included."""
+        return [record["event"] for record in self.records]
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        """The records of one event, in order."""
+        return [record for record in self.records if record["event"] == event]
+
+
+def _is_exitguard_event(record: Any) -> bool:
+    return "event" in record["extra"] and str(record["name"]).startswith("exitguard.")
+
+
+@contextmanager
+def capturing_events(level: str = "DEBUG") -> Iterator[EventCapture]:
+    """exitguard's events at `level` and above, captured for the block. exitguard's records are turned on
+    for the block (`logger.enable("exitguard")`) and turned off again after it unless they already were
+    on; the capture is a handler of its own, so the application's handlers are left as they are."""
+    was_enabled = records_enabled()
+    logger.enable("exitguard")
+    capture = EventCapture()
+    handler = logger.add(capture.sink, level=level, filter=_is_exitguard_event)
+    try:
+        yield capture
+    finally:
+        logger.remove(handler)
+        if not was_enabled:
+            logger.disable("exitguard")
+
+
 # -- fixtures and marker ----------------------------------------------------------------------------
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -153,6 +199,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "exitguard_engine(**options): ExitEngine keyword arguments for the exit_engine fixture "
         "(journal=True: a fresh journal file in tmp_path)",
     )
+
+
+@pytest.fixture
+def exitguard_events() -> Iterator[EventCapture]:
+    """exitguard's log events (DEBUG and above) emitted during the test: `names()`, `named(event)`, `records`."""
+    with capturing_events() as capture:
+        yield capture
 
 
 @pytest.fixture

@@ -110,7 +110,10 @@ class Reconciler:
         actual = (fill.shares if fill is not None else sent) if trigger == "resolved_filled" else 0
         if balance is not None and balance_moved_without_fill(permit.verified_balance, balance):
             self.report.diverge(DivergenceKind.BALANCE_MOVED_WITHOUT_FILL, record, permit.verified_balance, balance)
-        self.book.fire(record, trigger, **({"shares": actual} if trigger == "resolved_filled" else {}))
+        # The order that filled: the lookup's fill names it; without one, the order journaled for this sell does.
+        filled = {"shares": actual, "avg_price": None if fill is None else fill.avg_price,
+                  "order_id": fill.order_id if fill is not None else self.book.order_id(key)}
+        self.book.fire(record, trigger, **(filled if trigger == "resolved_filled" else {}))
         if fill is not None:
             self.settlements.follow(record, fill)
         report = self.report.after(record, trigger, log_fields(record, None), between=(sent, actual),

@@ -20,9 +20,10 @@ from exitguard.states import (
     PositionRecord,
     Report,
     micro_to_shares,
+    verify_divergence,
 )
 from exitguard.telemetry.divergence import DivergenceDetector, DivergenceEvent, DivergenceKind
-from exitguard.telemetry.logs import emit, enabled
+from exitguard.telemetry.logs import emit
 from exitguard.telemetry.metrics import EngineMetrics
 
 
@@ -78,7 +79,7 @@ class Reporter:
 
     def tell(self, report: Report, record: PositionRecord, context: dict[str, object], between: Span,
              **facts: object) -> None:
-        if report.event is not None and enabled(report.event):
+        if report.event is not None:
             emit(report.event, **context, **{name: facts[name] for name in report.facts})
         if report.divergence is not None:
             self.diverge(report.divergence, record, *between)
@@ -91,12 +92,29 @@ class Reporter:
         self.metrics.outcomes[str(result.outcome)] += 1
         return result
 
+    def verify_failed(self, record: PositionRecord, err: Exception, error: str, price: Decimal, attempts: int,
+                      latency: float) -> ExitResult:
+        """The verification failed on `err` (VERIFYING -> OPEN, nothing sent): fire, report, end the attempt."""
+        self.book.fire(record, "verify_failed", error=error)
+        report = self.after(record, "verify_failed", log_fields(record, latency), error=error,
+                            error_type=type(err).__name__, divergence=verify_divergence(err),
+                            between=(record.expected, None))
+        return self.ended(record, report, attempts=attempts, price=price, latency=latency, error=error)
+
+    def ended(self, record: PositionRecord, report: Report, **result: Any) -> ExitResult:
+        """The result of an attempt that ended on `report`'s edge; a failed verification is counted."""
+        assert report.outcome is not None, "an edge that ends an exit names its outcome"
+        if report.outcome is ExitOutcome.VERIFY_FAILED:
+            self.metrics.verify_failures += 1
+        return self.finish(record, report.outcome, **result)
+
     def finish(self, record: PositionRecord, outcome: ExitOutcome, *, attempts: int,
                price: Decimal | None = None, latency: float | None = None, order_id: str | None = None,
                error: str | None = None) -> ExitResult:
         """The result the caller gets; a position that ended here gives its token up."""
         self.book.release_token(record)
-        sold = record.sold if outcome is ExitOutcome.CLOSED else 0
+        closed = outcome is ExitOutcome.CLOSED
+        sold = record.sold if closed else 0
         return ExitResult(
             key=record.key,
             outcome=outcome,
@@ -108,6 +126,7 @@ class Reporter:
             verify_latency=latency,
             attempts=attempts,
             limit_price=price,
-            order_id=order_id,
+            order_id=order_id if order_id is not None or not closed else record.filled_order_id,
             error=error,
+            avg_price=record.avg_price if closed else None,
         )

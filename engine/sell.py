@@ -102,7 +102,7 @@ class Seller:
         self.metrics.sell_latency_recorder.record(self.clock.monotonic() - started)
         if fill.shares != permit.shares:
             self.report.tell(FILL_MISMATCH, record, context, (permit.shares, fill.shares))
-        self.book.fire(record, "sell_filled", shares=fill.shares)
+        self.book.fire(record, "sell_filled", shares=fill.shares, avg_price=fill.avg_price, order_id=fill.order_id)
         for effect in SELL_ANSWERS[SellAnswer.FILLED].effects:
             self.effects[effect](record.token_id)
         report = self.report.after(record, "sell_filled", context, shares=micro_to_shares(fill.shares),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import anyio
+
 from exitguard.exchange.port import Exchange
 from exitguard.states import InvalidValue, MarketRules, PositionRecord, balance_refresh, parse_raw_balance
 from exitguard.telemetry.metrics import EngineMetrics
@@ -64,6 +66,13 @@ class Verifier:
 
     def forget_rules(self, token: str) -> None:
         self._rules.pop(token, None)
+
+    async def market(self, token: object, timeout: float) -> MarketRules:
+        """The rules a bot asks for (`ExitEngine.market`): the token checked first, the read bounded."""
+        if not isinstance(token, str) or not token.strip():
+            raise InvalidValue("token_id", token, "must be a non-empty string")
+        with anyio.fail_after(timeout):
+            return await self.rules(token)
 
     async def rules(self, token: str) -> MarketRules:
         rules = self._rules.get(token)

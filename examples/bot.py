@@ -40,7 +40,7 @@ from exitguard import (
     Position,
     RetryPolicy,
     UnknownPosition,
-    configure_logging,
+    add_log_sink,
 )
 from exitguard.exchange.paper import PaperExchange, SellStatus
 
@@ -421,7 +421,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=0, help="stop after this many market events (default: never)")
     args = parser.parse_args(argv)
 
-    configure_logging(level="WARNING")  # the engine's warnings and errors on stderr
+    add_log_sink(level="WARNING")  # the bot opts in to the engine's warnings and errors, on stderr
     exchange = PaperExchange(latency=args.latency)
     market = random_market(args.seed)
     if args.events:

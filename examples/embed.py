@@ -9,11 +9,10 @@ from decimal import Decimal
 
 import anyio
 
-from exitguard import ExitEngine, ExitOutcome, PaperExchange, Position, RetryPolicy, configure_logging
+from exitguard import ExitEngine, ExitOutcome, PaperExchange, Position, RetryPolicy, add_log_sink
 
 
 async def main() -> dict[str, str]:
-    configure_logging(level="WARNING")
     exchange = PaperExchange()
     exchange.set_balance("YES-TOKEN", Decimal("25"))
     exchange.set_bids("YES-TOKEN", [(Decimal("0.52"), Decimal("10")), (Decimal("0.51"), Decimal("50"))])
@@ -36,4 +35,6 @@ async def main() -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    # exitguard is silent until the application opts in; this adds its warnings and errors on stderr.
+    add_log_sink(level="WARNING")
     print(anyio.run(main))

@@ -18,6 +18,7 @@ from exitguard.states.machine import MACHINE, allowed_triggers, fire
 from exitguard.states.market import MarketRules, stepped_down_price
 from exitguard.states.outcomes import (
     BALANCE_MISMATCH,
+    EXIT_PAUSED,
     FILL_MISMATCH,
     REPORTS,
     DivergenceKind,
@@ -45,6 +46,7 @@ __all__ = [
     "AnswerRule",
     "BALANCE_MISMATCH",
     "DivergenceKind",
+    "EXIT_PAUSED",
     "ExitOutcome",
     "FILL_MISMATCH",
     "INTERRUPTED",

@@ -49,7 +49,12 @@ def issue_sell_permit(event: EventData) -> None:
 
 
 def record_sold(event: EventData) -> None:
-    record_of(event).sold += event.kwargs["shares"]
+    """The fill's price and order ride along when the engine read them (a bot's P&L needs both); a fill proven
+    by a lookup that could not describe it carries neither, and None is what the record keeps then."""
+    record = record_of(event)
+    record.sold += event.kwargs["shares"]
+    record.avg_price = event.kwargs.get("avg_price")
+    record.filled_order_id = event.kwargs.get("order_id")
 
 
 def flag_unresolved(event: EventData) -> None:

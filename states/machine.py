@@ -10,12 +10,13 @@ from __future__ import annotations
 from transitions import Machine, MachineError
 
 from exitguard.states.errors import InvalidValue, TransitionRefused
+from exitguard.states.quiet import QuietMachine
 from exitguard.states.record import PositionRecord, State
 from exitguard.states.table import PAYLOAD, TABLE
 
 
 def build_machine() -> Machine:
-    machine = Machine(
+    machine = QuietMachine(
         model=None,
         states=State,
         initial=State.OPEN,

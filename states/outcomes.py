@@ -29,6 +29,8 @@ class ExitOutcome(StrEnum):
     """Another exit of this position is in flight; this call did nothing."""
     UNKNOWN = "UNKNOWN"
     """The sell may or may not have executed; the position stays SELLING until reconciled."""
+    PAUSED = "PAUSED"
+    """The engine is paused (`ExitEngine.pause`): nothing was read or sent; the position is as it was."""
 
 
 class DivergenceKind(StrEnum):
@@ -94,6 +96,8 @@ REPORTS: dict[tuple[str, State], Report] = {
 BALANCE_MISMATCH = Report("exit_balance_mismatch", K.BALANCE_MISMATCH, None,
                           ("expected", "actual", "difference", "selling"))
 """A sellable balance other than the expected shares: warn, and sell the verified balance."""
+EXIT_PAUSED = Report("exit_paused_refused", None, X.PAUSED, ("pause_reason", "reason"))
+"""An exit asked for while the engine is paused: refused before any read or transition (no edge is taken)."""
 FILL_MISMATCH = Report(None, K.FILL_MISMATCH, None)
 """A fill of other than the permit's shares (a FOK fills whole: the exchange and we disagree)."""
 

@@ -46,6 +46,8 @@ class PositionRecord:
         "unresolved",
         "sold",
         "residual",
+        "avg_price",
+        "filled_order_id",
     )
 
     def __init__(self, key: str, token_id: str, expected: int, last_buy_at: datetime | None = None) -> None:
@@ -68,12 +70,17 @@ class PositionRecord:
         """SELLING with an unknown outcome: only an order lookup may move the position on."""
         self.sold = 0
         self.residual = 0
+        self.avg_price: Decimal | None = None
+        """The fill's average price, once a sell filled (a lookup that proved a fill may not read its price)."""
+        self.filled_order_id: str | None = None
+        """The order that filled, once a sell filled."""
 
     @classmethod
     def restored(cls, *, key: str, token_id: str, expected: int, last_buy_at: datetime | None, state: State,
                  attempts: int, attempt_id: str | None, reason: str | None, limit_price: Decimal | None,
                  verified_balance: int | None, sold: int, residual: int, unresolved: bool,
-                 inflight: SellPermit | None) -> PositionRecord:
+                 inflight: SellPermit | None, avg_price: Decimal | None = None,
+                 filled_order_id: str | None = None) -> PositionRecord:
         """A record as a journal last wrote it. Loading a state that was reached through the machine is
         not a transition; what the engine does next with it (recovery) goes through the machine again."""
         record = cls(key, token_id, expected, last_buy_at)
@@ -87,6 +94,8 @@ class PositionRecord:
         record.residual = residual
         record.unresolved = unresolved
         record.inflight = inflight if state is State.SELLING else None
+        record.avg_price = avg_price
+        record.filled_order_id = filled_order_id
         return record
 
     def __repr__(self) -> str:

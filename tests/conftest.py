@@ -19,6 +19,7 @@ from loguru import logger
 
 from exitguard import ManualClock
 from exitguard.exchange.paper import PaperExchange
+from exitguard.telemetry.logs import records_enabled
 
 SOURCE_FOLDERS = {"engine": "exitguard", "states": "exitguard.states"}
 """Folders at the repository root that install under another name (pyproject.toml's package-dir)."""
@@ -94,7 +95,13 @@ class LogCapture:
 
 @pytest.fixture
 def logs() -> Iterator[LogCapture]:
+    """Every record at DEBUG and above during the test. exitguard is silent until the application turns
+    its records on, so this turns them on for the test, and back off after it unless they already were."""
+    was_enabled = records_enabled()
+    logger.enable("exitguard")
     capture = LogCapture()
     handler = logger.add(capture.sink, level="DEBUG")
     yield capture
     logger.remove(handler)
+    if not was_enabled:
+        logger.disable("exitguard")

@@ -1,9 +1,9 @@
 """`exitguard status` and `exitguard history`: what a journal holds, for an operator and a reviewer.
 
 Both open the journal read-only and without the engine lock, so they work beside a running engine and
-never change the file (a journal that would need migrating is refused, not migrated). Quantities are
-shown in shares; payloads are printed as journaled (quantities there are micro-shares, 1 share =
-1,000,000), because the trail is an audit record and is not reinterpreted.
+never change the file (a journal that would need migrating is refused, not migrated). Tables show shares
+and wall-clock times (UTC); `--json` prints the trail as journaled (quantities in micro-shares, 1 share =
+1,000,000; the engine's monotonic readings included), because the trail is an audit record.
 
 Exit codes: 0 shown; 2 bad journal or unknown key (the message names which).
 """
@@ -16,6 +16,7 @@ import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -74,14 +75,16 @@ def _status(journal: Journal, *, as_json: bool, out: TextIO) -> int:
     if not positions:
         return 0
     rows = [(p.key, p.token_id, str(p.state), str(micro_to_shares(p.expected)), str(micro_to_shares(p.sold)),
-             str(micro_to_shares(p.residual)), str(p.attempts), p.attempt_id or "-", p.order_id or "-",
+             "-" if p.avg_price is None else str(p.avg_price), str(micro_to_shares(p.residual)), str(p.attempts),
+             p.attempt_id or "-", p.filled_order_id or p.order_id or "-",
              "UNRESOLVED" if p.unresolved else "") for p in positions]
     print(file=out)
-    _table(("key", "token", "state", "expected", "sold", "residual", "attempts", "attempt id", "order id", "flag"),
-           rows, out, right=(3, 4, 5, 6))
+    _table(("key", "token", "state", "expected", "sold", "price", "residual", "attempts", "attempt id", "order id",
+            "flag"), rows, out, right=(3, 4, 5, 6, 7))
     if unresolved:
         print("\nunresolved outcomes: the sell may have executed; nothing may be sent for these until the "
-              "order is looked up (a running engine does it in the background until it settles):", file=out)
+              "order is looked up. A running engine does it in the background; with none running, run "
+              f"`exitguard reconcile --journal {journal.path} --live`:", file=out)
         for p in unresolved:
             print(f"  {_in_flight_line(p)}", file=out)
     if in_flight:
@@ -107,6 +110,7 @@ def _position_json(p: JournaledPosition) -> dict[str, Any]:
         "reason": p.reason, "limit_price": None if p.limit_price is None else str(p.limit_price),
         "verified_balance": None if p.verified_balance is None else str(micro_to_shares(p.verified_balance)),
         "unresolved": p.unresolved, "order_id": p.order_id,
+        "avg_price": None if p.avg_price is None else str(p.avg_price), "filled_order_id": p.filled_order_id,
         "permit_shares": None if p.permit is None else str(micro_to_shares(p.permit.shares)),
         "last_buy_at": None if p.last_buy_at is None else p.last_buy_at.isoformat(),
     }
@@ -131,8 +135,9 @@ def _history(journal: Journal, key: str, *, as_json: bool, out: TextIO, err: Tex
         return 0
     now = f"now {current.state}" if current is not None else "forgotten (no longer in the positions table)"
     print(f"history of {key} in {journal.path}: {len(trail)} transition(s), {now}", file=out)
-    print("(payload quantities in micro-shares: 1 share = 1,000,000)\n", file=out)
-    rows = [(str(t.seq), t.wall_time, t.source or "-", t.dest, t.trigger, _payload(t.payload)) for t in trail]
+    print("(quantities in shares, times in UTC; --json has the record as journaled)\n", file=out)
+    rows = [(str(t.seq), _wall(t.wall_time), t.source or "-", t.dest, t.trigger, _payload(_readable(t.payload)))
+            for t in trail]
     _table(("seq", "time", "from", "to", "trigger", "payload"), rows, out, right=(0,), arrow=(2, 3))
     return 0
 
@@ -140,6 +145,39 @@ def _history(journal: Journal, key: str, *, as_json: bool, out: TextIO, err: Tex
 def _transition_json(t: JournaledTransition) -> dict[str, Any]:
     return {"seq": t.seq, "time": t.wall_time, "from": t.source, "to": t.dest, "trigger": t.trigger,
             "payload": t.payload}
+
+
+MICRO_SHARE_KEYS = frozenset({"expected", "previous_expected", "shares", "actual", "sell", "residual",
+                              "verified_balance", "balance", "sold"})
+"""Payload fields the engine journals in micro-shares; the table shows them in shares."""
+MONOTONIC_KEYS = frozenset({"verified_at", "sent_at"})
+"""Readings of the writing process's monotonic clock: meaningless as a time of day, left to --json."""
+
+
+def _readable(payload: dict[str, Any]) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for name, value in payload.items():
+        if name in MONOTONIC_KEYS and isinstance(value, (int, float)):
+            continue
+        if isinstance(value, dict):
+            value = _readable(value)
+        elif name in MICRO_SHARE_KEYS and type(value) is int:
+            value = str(micro_to_shares(value))
+        shown[name] = value
+    return shown
+
+
+def _wall(text: str) -> str:
+    """An ISO time as journaled -> `2026-11-24T04:39:39.844Z`, UTC to the millisecond, one word for the
+    table (kept as written if it does not parse)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}" + \
+        ("Z" if moment.tzinfo is not None else "")
 
 
 def _payload(payload: dict[str, Any]) -> str:

@@ -12,9 +12,9 @@ from typing import TextIO
 
 import anyio
 
+from exitguard.cli.log_output import command_logs
 from exitguard.cli.progress import ProgressLine
 from exitguard.cli.scenario import (
-    ScenarioError,
     ScenarioReport,
     Step,
     bundled_demo,
@@ -22,18 +22,25 @@ from exitguard.cli.scenario import (
     parse_scenario,
     run_scenario,
 )
+from exitguard.errors import ScenarioError
 from exitguard.position import ExitOutcome, ExitResult
 from exitguard.states import exact
-from exitguard.telemetry.logs import configure_logging
 
 
 def run_demo(path: Path | None, *, json_logs: bool, log_level: str, out: TextIO, progress: bool | None = None,
-         err: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> int:
+             err: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+             log_file: Path | None = None) -> int:
     """`progress`: True draws the progress line on `err`, False never does, None does when `err` is a
-    terminal. Nothing else in the output changes either way."""
+    terminal. Nothing else in the output changes either way. Log lines at `log_level` and above go to
+    `log_file`, or else to `err` (above the progress line); never to `out`, the table's stream."""
     err = sys.stderr if err is None else err
     line = ProgressLine(err, clock=clock) if (err.isatty() if progress is None else progress) else None
-    configure_logging(json=json_logs, level=log_level.upper(), sink=None if line is None else line.above(err))
+    with command_logs(err=err if line is None else line.above(err), level=log_level.upper(), json=json_logs,
+                      log_file=log_file):
+        return _run(path, out=out, err=err, line=line)
+
+
+def _run(path: Path | None, *, out: TextIO, err: TextIO, line: ProgressLine | None) -> int:
     try:
         if path is None:
             name, text = bundled_demo()

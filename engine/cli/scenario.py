@@ -40,6 +40,7 @@ from exitguard.errors import (
     OrderKilled,
     OrderRejected,
     PositionConflict,
+    ScenarioError,
     TransientError,
     UnknownOutcome,
 )
@@ -59,18 +60,6 @@ FAULT_ERRORS: dict[str, Callable[[], ExchangeError]] = {
     "rate_limited": lambda: TransientError("too many requests", status=429),
     "unknown": lambda: UnknownOutcome("connection dropped after send"),
 }
-
-
-class ScenarioError(ValueError):
-    """A scenario line that cannot be run; the message names the line and the field."""
-
-    def __init__(self, source: str, line: int, field: str, why: str) -> None:
-        self.source, self.line, self.field = source, line, field
-        super().__init__(f"{source}:{line}: field {field!r}: {why}")
-
-    @classmethod
-    def from_invalid(cls, source: str, line: int, err: InvalidValue) -> ScenarioError:
-        return cls(source, line, err.field, f"{shown(err.value)}: {err.why}")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from exitguard.errors import (
     TransientError,
     UnknownOutcome,
 )
-from exitguard.exchange.paper_orders import PaperOrderView
+from exitguard.exchange.paper_orders import PaperOrderView, PaperTradeAudit
 from exitguard.exchange.port import Fill, LookupStatus, SellDeadline, SellLookup, Settlement, SettlementStatus
 from exitguard.exchange.rules import market_rules
 from exitguard.settings import parse_count
@@ -71,7 +71,7 @@ class PaperSell:
     """When the order left the caller's hands (this exchange's clock), after any wait for a send slot."""
 
 
-class PaperExchange:
+class PaperExchange(PaperTradeAudit):
     """An in-memory exchange. `latency` seconds are added to every call (half before the exchange acts,
     half after), so concurrent calls interleave as they would over a network.
 
@@ -117,7 +117,7 @@ class PaperExchange:
         self._send_slots = (None if max_concurrent_sells is None
                             else anyio.CapacityLimiter(parse_count(max_concurrent_sells, "max_concurrent_sells")))
         self._sent_at: dict[str, float] = {}
-        self._orders_view = PaperOrderView(self.clock.monotonic)
+        self._orders_view = PaperOrderView(self.clock.monotonic, self.clock.wall)
 
     # -- setting up the market -------------------------------------------------------------------
 

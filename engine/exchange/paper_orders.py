@@ -9,6 +9,9 @@ each, so that the engine's rule ("a lookup that finds nothing is not a no") is t
 - `hide_filled_orders()`: filled orders are not found by the order lookup; the trade query is the witness;
 - `lag_trades(seconds)`: a fill's trade shows in the trade query only `seconds` after the fill;
 - `fail_next_trade_query(count)`: the trade query of the next lookups fails (raises), which is no empty answer.
+
+The same trade history answers the port's optional `our_sells_since` (the audit of a journal after an unclean stop,
+exitguard.journal.audit), with the same faults: `PaperTradeAudit`, a base of the paper exchange.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from exitguard.errors import ExchangeError, TransientError
@@ -34,8 +38,11 @@ class LateOrder:
 class PaperOrderView:
     """The lookup side of the paper exchange: late orders on their way, and what a lookup may see."""
 
-    def __init__(self, now: Callable[[], float]) -> None:
+    def __init__(self, now: Callable[[], float], wall: Callable[[], datetime] | None = None) -> None:
         self.now = now
+        self.wall = wall or (lambda: datetime.now(UTC))
+        self._filled_wall: dict[str, datetime] = {}
+        """Order id -> when it filled, on the wall clock (what the exchange's trade history is dated by)."""
         self.hide_filled = False
         self.trade_lag = 0.0
         self._late_next: deque[float] = deque()
@@ -76,6 +83,7 @@ class PaperOrderView:
 
     def filled(self, order_id: str) -> None:
         self._filled_at[order_id] = self.now()
+        self._filled_wall[order_id] = self.wall()
 
     def order_visible(self, order_id: str) -> bool:
         """Whether the order endpoint shows this (known) order."""
@@ -87,3 +95,31 @@ class PaperOrderView:
             raise self._trade_failures.popleft()
         filled = self._filled_at.get(order_id)
         return filled is not None and self.now() - filled >= self.trade_lag
+
+    def sold_since(self, since: datetime) -> list[str]:
+        """One trade query for our sells: the orders with a fill at or after `since` that the trade history shows
+        (all of them paper sells), oldest first. Raises an injected failure."""
+        if self._trade_failures:
+            raise self._trade_failures.popleft()
+        now = self.now()
+        return [order_id for order_id, at in sorted(self._filled_wall.items(), key=lambda item: item[1])
+                if at >= since and now - self._filled_at[order_id] >= self.trade_lag]
+
+
+class PaperTradeAudit:
+    """The paper exchange's `our_sells_since` (exchange/port.py), kept beside the lookups it shares faults with."""
+
+    _orders_view: PaperOrderView
+
+    async def our_sells_since(self, since: datetime) -> list[str]:
+        """Ids of our sell orders with a fill at or after `since` (wall clock). `fail_next_trade_query` makes it
+        raise; `lag_trades` hides a fill that is too fresh, as for lookups."""
+        await self._request("our_sells_since", "")
+        await self._reply()
+        return self._orders_view.sold_since(since)
+
+    async def _request(self, operation: str, token_id: str) -> None:
+        raise NotImplementedError  # the paper exchange's own: late orders arrive, the call is recorded, latency
+
+    async def _reply(self) -> None:
+        raise NotImplementedError

@@ -14,6 +14,13 @@ exchange trades (for Polymarket: the funder address, else the signer's). The eng
 on that name for its lifetime (exitguard.wallet_lock), so two live engines on one wallet, each with its own
 journal, are refused (`WalletInUse`). Optional so that adapters written before it keep working: without it
 no wallet lock is taken. It is not a member of the `Exchange` Protocol for the same reason.
+
+Added on purpose in issue 11, optional in the same way: `async def our_sells_since(self, since: datetime) ->
+list[str]`, the ids of our own sell orders (as `prepare_sell` named them) with a trade at or after `since` (an aware
+datetime; the caller has already widened it for clock skew). After an unclean stop the engine checks each against
+the ids its journal holds before any exit starts (exitguard.journal.audit): an id it does not know means the
+journal lost a sale. Any failure must raise (an ExchangeError): a failed query is never an empty list. Without it,
+that audit is skipped with a WARNING (`journal_audit_skipped`).
 """
 
 from __future__ import annotations

@@ -48,13 +48,18 @@ class JournaledPosition:
     """The order signed for the attempt in flight; written before it is posted (None: never posted)."""
     unsettled: Fill | None = None
     """CLOSED by a fill that is matched but not yet settled on chain."""
+    avg_price: Decimal | None = None
+    """The average price of the fill that closed the position (None: no fill, or one proven without its price)."""
+    filled_order_id: str | None = None
+    """The order that filled (None: no fill, or one proven without naming its order)."""
 
     def record(self) -> PositionRecord:
         return PositionRecord.restored(
             key=self.key, token_id=self.token_id, expected=self.expected, last_buy_at=self.last_buy_at,
             state=self.state, attempts=self.attempts, attempt_id=self.attempt_id, reason=self.reason,
             limit_price=self.limit_price, verified_balance=self.verified_balance, sold=self.sold,
-            residual=self.residual, unresolved=self.unresolved, inflight=self.permit,
+            residual=self.residual, unresolved=self.unresolved, inflight=self.permit, avg_price=self.avg_price,
+            filled_order_id=self.filled_order_id,
         )
 
 
@@ -131,12 +136,13 @@ def _integer(value: object, column: str, *, optional: bool = False) -> Any:
 def position_of(row: tuple[Any, ...]) -> JournaledPosition:
     """A `positions` row (in the column order of POSITION_COLUMNS) as a value; raises ValueError/TypeError."""
     (key, token, expected, last_buy, state, attempts, attempt_id, reason, limit_price, verified, sold,
-     residual, unresolved, permit, order_id, unsettled) = row
+     residual, unresolved, permit, order_id, unsettled, avg_price, filled_order_id) = row
     key, token = _text(key, "key"), _text(token, "token_id")
     if unresolved not in (0, 1):
         raise ValueError(f"unresolved is {unresolved!r}, not 0 or 1")
     last_buy = _text(last_buy, "last_buy_at", optional=True)
     limit_price = _text(limit_price, "limit_price", optional=True)
+    avg_price = _text(avg_price, "avg_price", optional=True)
     return JournaledPosition(
         key=key, token_id=token, expected=_integer(expected, "expected"),
         last_buy_at=None if last_buy is None else datetime.fromisoformat(last_buy), state=State(state),
@@ -147,11 +153,14 @@ def position_of(row: tuple[Any, ...]) -> JournaledPosition:
         residual=_integer(residual, "residual"), unresolved=bool(unresolved),
         permit=permit_of(key, token, _text(permit, "permit", optional=True)),
         order_id=_text(order_id, "order_id", optional=True),
-        unsettled=fill_of(_text(unsettled, "unsettled", optional=True)))
+        unsettled=fill_of(_text(unsettled, "unsettled", optional=True)),
+        avg_price=None if avg_price is None else Decimal(avg_price),
+        filled_order_id=_text(filled_order_id, "filled_order_id", optional=True))
 
 
 POSITION_COLUMNS = ("key, token_id, expected, last_buy_at, state, attempts, attempt_id, reason, limit_price, "
-                    "verified_balance, sold, residual, unresolved, permit, order_id, unsettled")
+                    "verified_balance, sold, residual, unresolved, permit, order_id, unsettled, avg_price, "
+                    "filled_order_id")
 
 
 def transition_of(row: tuple[Any, ...]) -> JournaledTransition:

@@ -61,5 +61,14 @@ MIGRATIONS: dict[int, list[str]] = {
             opened_at TEXT
         )""",
         "INSERT INTO journal_state (id, clean, wal_floor) VALUES (1, 1, 0)",
+        # The fill a CLOSED position ended on (price and order), for the bot's P&L and `exitguard status`. Added to
+        # v3 in place: v3 was never released (the last release wrote v2), so no journal in the wild has v3 without
+        # these columns.
+        "ALTER TABLE positions ADD COLUMN avg_price TEXT",
+        "ALTER TABLE positions ADD COLUMN filled_order_id TEXT",
+        # After an unclean stop: when the newest write that survived was made, until an audit against the exchange
+        # has found every sale of ours since then in the journal (journal/audit.py); NULL when none is pending. In
+        # v3 in place, as above.
+        "ALTER TABLE journal_state ADD COLUMN audit_since TEXT",
     ],
 }

@@ -50,6 +50,9 @@ from exitguard.states import PositionRecord, State
 
 __all__ = ["Journal", "JournaledPosition", "JournaledTransition"]
 
+EPOCH = "1970-01-01T00:00:00+00:00"
+"""An audit's start when nothing tells when the last engine wrote: the exchange's whole history."""
+
 
 class Journal:
     """One open journal. `Journal.open(path)` takes the engine lock; `readonly=True` does not (status)."""
@@ -59,6 +62,9 @@ class Journal:
         self._db = connection
         self.readonly = readonly
         self.writes = 0
+        self.audit_since: str | None = None
+        """After an unclean stop, until an audit against the exchange passes (journal/audit.py): when the newest
+        write that survived the stop was made (ISO text, as written); None when no audit is pending."""
         self._since_checkpoint = 0
         self._closer = Closer(path, connection, use, readonly=readonly)
         # A journal dropped unclosed (a script that never closes it, an interpreter exit) closes as `close`
@@ -201,6 +207,12 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint = 0")  # the journal checkpoints itself (wal.py)
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("BEGIN IMMEDIATE")
+            # An unclean stop may have lost writes no check of the log can see; the audit looks for them on the
+            # exchange from the newest write that survived. Kept until an audit passes, so that a start refused
+            # after this (by the audit or anything else) never moves it past what the lost writes may hold.
+            self._db.execute(f"UPDATE journal_state SET audit_since = COALESCE(audit_since, (SELECT wall_time FROM "
+                             f"transitions ORDER BY seq DESC LIMIT 1), opened_at, '{EPOCH}') WHERE clean = 0")
+            self.audit_since = self._db.execute("SELECT audit_since FROM journal_state").fetchone()[0]
             self._db.execute("UPDATE journal_state SET clean = 0, wal_floor = ?, holder_pid = ?, opened_at = ?",
                              (log_size(self.path) or 0, os.getpid(), datetime.now().astimezone().isoformat()))
             self._db.execute("COMMIT")
@@ -221,6 +233,12 @@ class Journal:
         if self._closer.failed is None:
             self._closer.failed = why
 
+    def audit_passed(self) -> None:
+        """The exchange showed no sale of ours that the journal does not know (journal/audit.py): none is pending."""
+        with self._transaction():
+            self._db.execute("UPDATE journal_state SET audit_since = NULL")
+        self.audit_since = None
+
     # -- writing -----------------------------------------------------------------------------------
 
     def track(self, record: PositionRecord, wall_time: datetime) -> None:
@@ -238,6 +256,12 @@ class Journal:
         self._write(record, record.state, "order_signed", {"order_id": order_id,
                                                            "attempt_id": record.attempt_id},
                     wall_time, order_id=order_id)
+
+    def note_update(self, record: PositionRecord, previous_expected: int, wall_time: datetime) -> None:
+        """An OPEN position's shares or last buy changed (`ExitEngine.update`): a row of the trail, not a transition."""
+        self._write(record, record.state, "position_updated",
+                    {"expected": record.expected, "previous_expected": previous_expected,
+                     "last_buy_at": record.last_buy_at}, wall_time, order_id=None)
 
     def note_settlement(self, record: PositionRecord, fill: Fill | None, event: str, wall_time: datetime) -> None:
         """A fill to follow on chain (`fill`), or the end of following it (`fill=None`, event settled/failed)."""
@@ -259,14 +283,15 @@ class Journal:
                  json.dumps(plain(payload), sort_keys=True), wall_time.isoformat()))
             self._db.execute(
                 "INSERT OR REPLACE INTO positions (key, token_id, expected, last_buy_at, state, attempts, attempt_id, "
-                "reason, limit_price, verified_balance, sold, residual, unresolved, permit, order_id, seq, unsettled) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, limit_price, verified_balance, sold, residual, unresolved, permit, order_id, seq, unsettled, "
+                "avg_price, filled_order_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.key, record.token_id, record.expected,
                  None if record.last_buy_at is None else record.last_buy_at.isoformat(), str(record.state),
                  record.attempts, record.attempt_id, record.reason,
                  None if record.limit_price is None else str(record.limit_price), record.verified_balance,
                  record.sold, record.residual, int(record.unresolved), permit_json(permit), order_id,
-                 cursor.lastrowid, fill_json(unsettled)))
+                 cursor.lastrowid, fill_json(unsettled),
+                 None if record.avg_price is None else str(record.avg_price), record.filled_order_id))
         self.writes += 1
 
     @contextmanager
@@ -300,6 +325,15 @@ class Journal:
                 pass  # the commit is durable in the log; copying it into the main file can wait
 
     # -- reading -----------------------------------------------------------------------------------
+
+    def order_ids(self) -> set[str]:
+        """Every order id the journal holds: each order noted before its post (the transition log), the orders in
+        flight, filled and still settling. For the audit against the exchange (journal/audit.py)."""
+        rows = self._read(
+            "SELECT json_extract(payload, '$.order_id') FROM transitions UNION SELECT order_id FROM positions "
+            "UNION SELECT filled_order_id FROM positions UNION SELECT json_extract(unsettled, '$.order_id') "
+            "FROM positions", ())
+        return {row[0] for row in rows if isinstance(row[0], str)}
 
     def positions(self) -> list[JournaledPosition]:
         rows = self._read(f"SELECT {POSITION_COLUMNS} FROM positions ORDER BY seq", ())

@@ -28,7 +28,9 @@ What this cannot see: a log cut within its newest part, at a frame boundary, abo
 shorter, valid log. A program that opens the journal read-write after a crash (the `sqlite3` shell) makes
 SQLite checkpoint everything and remove the log: nothing is lost then, but the start is refused all the
 same, because the two cannot be told apart; `accept_lost_log` (below) is the operator's way out, after
-checking the positions against the exchange.
+checking the positions against the exchange. The backstop for what this cannot see is journal/audit.py: after an
+unclean stop, the engine asks the exchange for our sales since the newest write that survived and refuses to start
+while one of them is an order the journal does not know.
 """
 
 from __future__ import annotations
@@ -86,13 +88,14 @@ def check_log(journal: Path, clean: int, floor: int, size: int | None) -> None:
 
 
 def accept_lost_log(journal: Path) -> None:
-    """Mark an unclean journal clean, so that it opens from what its main file holds. For the operator, after
-    checking every position against the exchange: whatever the lost log held is not coming back."""
+    """Mark an unclean journal clean, so that it opens from what its main file holds, and drop a pending audit
+    against the exchange (journal/audit.py). For the operator, after checking every position against the exchange:
+    whatever the lost log held is not coming back."""
     lock = JournalLock.acquire(journal, lambda: None)
     try:
         db = sqlite3.connect(journal, isolation_level=None)
         try:
-            db.execute("UPDATE journal_state SET clean = 1, wal_floor = 0")
+            db.execute("UPDATE journal_state SET clean = 1, wal_floor = 0, audit_since = NULL")
         finally:
             db.close()
     finally:

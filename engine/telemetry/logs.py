@@ -2,17 +2,24 @@
 
 Every log line the engine writes goes through `emit`, which only accepts the names in `EVENTS`, so the
 list below is the complete vocabulary. Fields travel in loguru's `extra` (JSON lines: `record.extra`).
+
+A library's logs belong to the application: the package disables itself at import
+(`logger.disable("exitguard")`, loguru's convention for libraries), and nothing here removes, replaces or
+reconfigures a handler it did not add. The application opts in with `logger.enable("exitguard")`, or
+with `add_log_sink`, which adds exitguard's own format and turns exitguard's records on.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from loguru import logger
 
-from exitguard.states import MACHINE
+# Silent until the application asks (loguru's convention for libraries). Here rather than in the package's
+# __init__: every record goes through `emit`, so this runs before the first one can exist.
+logger.disable("exitguard")
 
 EVENTS: dict[str, str] = {
     "position_tracked": "DEBUG",
@@ -24,6 +31,10 @@ EVENTS: dict[str, str] = {
     "exit_retrying": "INFO",
     "exit_permit_expired": "WARNING",
     "exit_in_progress_refused": "WARNING",
+    "exit_paused_refused": "WARNING",
+    "engine_paused": "WARNING",
+    "engine_resumed": "WARNING",
+    "position_updated": "INFO",
     "exit_interrupted": "WARNING",
     "balance_verify_failed": "WARNING",
     "exit_outcome_unknown": "ERROR",
@@ -36,6 +47,9 @@ EVENTS: dict[str, str] = {
     "settlement_check_failed": "WARNING",
     "recovery_reopened": "WARNING",
     "recovery_summary": "INFO",
+    "journal_audit_passed": "INFO",
+    "journal_audit_skipped": "WARNING",
+    "journal_audit_refused": "ERROR",
     "journal_write_failed": "ERROR",
     "unknown_outcome_retry_scheduled": "WARNING",
     "shutdown_grace_expired": "ERROR",
@@ -45,50 +59,77 @@ EVENTS: dict[str, str] = {
 """Event name -> level."""
 
 
-LEVEL_NO = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+class EventMessage(str):
+    """An event's name that renders its fields only if a handler takes the record.
+
+    loguru formats a message as `message.format(*args, **kwargs)`, and only after it has checked the
+    level and whether the calling module is enabled; `opt(capture=True)` (the default) puts the same
+    keyword arguments in `record["extra"]`. So `emit` hands its fields over as they are: when the
+    package is disabled or no handler takes the level, no text, no bound logger and no record is built.
+    """
+
+    __slots__ = ()
+
+    def format(self, *args: object, **fields: object) -> str:
+        text = " ".join(f"{name}={value}" for name, value in fields.items()
+                        if name != "event" and value is not None)
+        return f"{self} {text}" if text else str(self)
 
 
-def enabled(event: str) -> bool:
-    """Whether any handler takes this event's level. loguru keeps the lowest level any handler accepts
-    in its core (pinned to loguru 0.7); a DEBUG event with an INFO sink then costs nothing to skip."""
-    return LEVEL_NO[EVENTS[event]] >= getattr(getattr(logger, "_core", None), "min_level", 0)
+_MESSAGES = {event: EventMessage(event) for event in EVENTS}
+
+# depth=1: the record names the engine function that emitted (and loguru checks *its* module against
+# logger.enable/disable), not this helper. Made once: `opt` builds a new logger object on every call.
+_CALLER = logger.opt(depth=1)
 
 
 def emit(event: str, **fields: object) -> None:
-    level = EVENTS[event]
-    # Building a record nobody takes costs more than the work it reports at 100,000 tracked positions.
-    if not enabled(event):
-        return
-    text = " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
-    # depth=1: the record names the engine function that emitted, not this helper.
-    logger.opt(depth=1).bind(event=event, **fields).log(level, f"{event} {text}" if text else event)
+    """Log `event` at its level with `fields` in `record["extra"]`. Costs one call into loguru, which
+    drops the record before building anything when exitguard is disabled or the level is off."""
+    _CALLER.log(EVENTS[event], _MESSAGES[event], event=event, **fields)
+
+
+def records_enabled() -> bool:
+    """Whether loguru lets exitguard's records through (`logger.enable/disable("exitguard")`).
+
+    loguru has no public query for that, so this asks it: one record at level 0, from this module, to a
+    sink of its own that is there only for the call. No handler added with a named level (TRACE is 5)
+    takes level 0, so the application's sinks never see the probe. For tests and fixtures, not hot paths.
+    """
+    seen: list[object] = []
+    probe = logger.add(seen.append, level=0, format="{message}", filter=__name__)
+    try:
+        logger.log(0, "exitguard records_enabled probe")
+    finally:
+        logger.remove(probe)
+    return bool(seen)
 
 
 HUMAN_FORMAT = "<green>{time:HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | {message}"
 
 
-def configure_logging(*, json: bool = False, level: str = "INFO", sink: TextIO | None = None) -> int:
-    """Replace loguru's handlers with one: human-readable lines, or JSON lines when `json=True`.
+def add_log_sink(sink: TextIO | str | Path | None = None, *, json: bool = False, level: str = "INFO",
+                 only_exitguard: bool = True) -> int:
+    """Add one loguru handler with exitguard's format (or JSON lines with `json=True`) and turn
+    exitguard's records on; returns the handler id, for `logger.remove(handler_id)`.
 
-    For embedding bots that already configure loguru this is optional; the engine only emits.
-    Returns the handler id.
+    It only adds: the application's own handlers stay as they are (and, with exitguard enabled, receive
+    its records too, as any enabled library's). `sink` is a stream (default stderr) or a file path.
+    `only_exitguard` (default True): this handler takes exitguard's records only, so an application
+    logging to the same stream through its own handler does not get its lines twice.
     """
-    logger.remove()
-    target = sink if sink is not None else sys.stderr
+    logger.enable("exitguard")
+    where = "exitguard" if only_exitguard else None
+    if isinstance(sink, (str, Path)):
+        if json:
+            return logger.add(sink, level=level, serialize=True, filter=where)
+        return logger.add(sink, level=level, format=HUMAN_FORMAT, colorize=False, filter=where)
+    target = sys.stderr if sink is None else sink
     if json:
-        return logger.add(target, level=level, serialize=True)
-    return logger.add(target, level=level, format=HUMAN_FORMAT, colorize=False)
+        return logger.add(target, level=level, serialize=True, filter=where)
+    return logger.add(target, level=level, format=HUMAN_FORMAT, colorize=False, filter=where)
 
 
-class _DropPositionMachineChatter(logging.Filter):
-    """`transitions` logs every state enter/exit of every machine at INFO through stdlib logging. For
-    the position machine those lines repeat, unstructured, what the engine's own events say, and a bot
-    with `logging.basicConfig(level=INFO)` would get two per transition. Only this machine's records
-    are dropped; other machines in the host process keep theirs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and args and args[0] == MACHINE.name)
-
-
-logging.getLogger("transitions.core").addFilter(_DropPositionMachineChatter())
+configure_logging = add_log_sink
+"""The earlier name of `add_log_sink`, kept: the same function. Unlike before, it adds a handler and
+removes none."""

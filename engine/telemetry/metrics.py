@@ -100,6 +100,8 @@ class EngineMetrics:
     outcomes: Counter[str] = field(default_factory=Counter)
     balance_refreshes: int = 0
     verify_failures: int = 0
+    paused: bool = False
+    """The kill switch is on (`ExitEngine.pause`): new exits are refused until `resume()`."""
     unresolved_age: Callable[[], float] = field(default=lambda: 0.0)
     """Seconds since the oldest unresolved sell outcome became unknown (0 when none), read live: the
     engine's background resolver keeps it (an age that only grows means lookups keep failing)."""
@@ -123,5 +125,6 @@ class EngineMetrics:
             "outcomes": dict(self.outcomes),
             "balance_refreshes": self.balance_refreshes,
             "verify_failures": self.verify_failures,
+            "paused": self.paused,
             "oldest_unresolved_age_s": round(self.oldest_unresolved_age, 3),
         }

@@ -67,6 +67,7 @@ class _Reading:
     unsettled: int
     balance_refreshes: int
     verify_failures: int
+    paused: bool
 
 
 def _read(engine: ExitEngine) -> _Reading:
@@ -84,6 +85,7 @@ def _read(engine: ExitEngine) -> _Reading:
         unsettled=len(engine.unsettled()),
         balance_refreshes=metrics.balance_refreshes,
         verify_failures=metrics.verify_failures,
+        paused=metrics.paused,
     )
 
 
@@ -137,6 +139,9 @@ class EngineCollector:
         yield CounterMetricFamily("exitguard_verify_failures_total",
                                   "Exit attempts stopped because the balance could not be verified.",
                                   value=reading.verify_failures)
+        yield GaugeMetricFamily("exitguard_paused",
+                                "1 while the kill switch is on (engine.pause): new exits are refused.",
+                                value=int(reading.paused))
 
 
 def _histogram(name: str, documentation: str, histogram: LatencyHistogram) -> HistogramMetricFamily:

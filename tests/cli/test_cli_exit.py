@@ -6,6 +6,7 @@ import argparse
 import io
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from fakeclob import FakeClob
@@ -33,6 +34,13 @@ def run(*argv: str, environ: dict[str, str] | None = None, answer: str | None = 
 
     code = exit_command.run(parse(*argv, "--log-level", "CRITICAL"), out=out, err=err, environ=environ or {}, ask=ask)
     return code, out.getvalue(), err.getvalue() + "".join(asked)
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A live exit journals in the per-user state directory by default: the test's folder, never the real home."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
 
 
 @pytest.fixture

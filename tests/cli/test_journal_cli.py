@@ -76,11 +76,12 @@ def test_status_lists_every_position_its_state_and_the_unresolved_outcomes(journ
     lines = out.splitlines()
     assert lines[0] == f"journal {journal}: 5 position(s): CLOSED 1, DUST 1, OPEN 1, RECONCILED 1, SELLING 1"
     rows = {line.split()[0]: line.split() for line in lines[3:8]}
-    assert lines[2].split()[:6] == ["key", "token", "state", "expected", "sold", "residual"]
-    assert rows["p1"][:6] == ["p1", "t1", "CLOSED", "10", "10", "0"]
+    # The fill's price and order id are shown (issue 13).
+    assert lines[2].split()[:7] == ["key", "token", "state", "expected", "sold", "price", "residual"]
+    assert rows["p1"][:7] == ["p1", "t1", "CLOSED", "10", "10", "0.60", "0"]
     assert rows["p2"][:3] == ["p2", "t2", "SELLING"] and rows["p2"][-2:] == ["paper-2", "UNRESOLVED"]
     assert rows["p3"][2] == "OPEN" and rows["p4"][2] == "RECONCILED"
-    assert rows["p5"][2] == "DUST" and rows["p5"][5] == "2"  # the dust residual, in shares
+    assert rows["p5"][2] == "DUST" and rows["p5"][6] == "2"  # the dust residual, in shares
     unresolved = out[out.index("unresolved outcomes"):]
     assert "p2: SELLING, token t2, attempt a2, selling 10 shares at >= 0.55, order paper-2" in unresolved
     assert "in flight" not in out
@@ -147,7 +148,8 @@ def test_history_is_the_transition_trail(journal: Path) -> None:
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"history of p1 in {journal}: 5 transition(s), now CLOSED"
-    assert lines[1] == "(payload quantities in micro-shares: 1 share = 1,000,000)"
+    # Shares and UTC wall-clock times (issue 13): the micro-shares and monotonic readings stay in --json.
+    assert lines[1] == "(quantities in shares, times in UTC; --json has the record as journaled)"
     assert lines[3].split() == ["seq", "time", "from", "->", "to", "trigger", "payload"]
     trail = [line.split(maxsplit=6) for line in lines[4:]]
     assert [(row[0], row[2], row[4], row[5]) for row in trail] == [
@@ -157,10 +159,11 @@ def test_history_is_the_transition_trail(journal: Path) -> None:
         ("8", "SELLING", "SELLING", "order_signed"),
         ("9", "SELLING", "CLOSED", "sell_filled"),
     ]
-    assert trail[0][1] == "2026-01-01T00:00:00+00:00" and trail[1][1] == "2026-01-01T00:00:01+00:00"
+    assert trail[0][1] == "2026-01-01T00:00:00.000Z" and trail[1][1] == "2026-01-01T00:00:01.000Z"
+    assert "verified_at" not in trail[2][6] and '"sell":"10"' in trail[2][6]
     assert trail[1][6] == "attempt_id=a1 limit_price=0.55 reason=take_profit"
     assert trail[3][6] == "attempt_id=a1 order_id=paper-1"
-    assert trail[4][6] == "shares=10000000"
+    assert "shares=10" in trail[4][6].split() and "10000000" not in trail[4][6]
 
 
 def test_history_of_the_unresolved_sell_ends_selling(journal: Path) -> None:

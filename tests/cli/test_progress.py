@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 from exitguard import ExitEngine
 from exitguard.cli.main import main
 from exitguard.cli.progress import CLEAR_TO_END, ProgressLine
 from exitguard.cli.run import run_demo
 from exitguard.cli.scenario import bundled_demo, parse_scenario, run_scenario
+from exitguard.telemetry.logs import records_enabled
 
 SOURCE = "scenario.jsonl"
 
@@ -101,10 +100,11 @@ def screen(raw: str) -> list[str]:
 
 @pytest.fixture
 def cli_logging() -> Iterator[None]:
-    """`exitguard run` points loguru at the stream it was given; put a plain stderr handler back."""
+    """`exitguard run` adds its log handler and turns exitguard's records on for the command only: after it,
+    they are as they were (its handler is gone: nothing is left to log into a closed capture)."""
+    before = records_enabled()
     yield
-    logger.remove()
-    logger.add(sys.stderr)
+    assert records_enabled() == before
 
 
 # -- the line ----------------------------------------------------------------------------------------

@@ -6,13 +6,11 @@ a step the engine refuses at run time stops the run naming its line.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 import exitguard
 from exitguard.cli.main import main
@@ -26,6 +24,7 @@ from exitguard.cli.scenario import (
 )
 from exitguard.exchange.paper import PaperExchange, SellStatus
 from exitguard.position import ExitOutcome, ExitResult
+from exitguard.telemetry.logs import records_enabled
 
 SOURCE = "bad.jsonl"
 
@@ -449,11 +448,11 @@ async def test_run_scenario_refusal_uses_the_default_source_name() -> None:
 
 @pytest.fixture
 def cli_logging() -> Iterator[None]:
-    """`exitguard run` replaces loguru's handlers with one on the (captured) stderr; put a plain
-    stderr handler back so later tests do not log into a closed capture."""
+    """`exitguard run` adds its log handler and turns exitguard's records on for the command only: after it,
+    they are as they were (its handler is gone: nothing is left to log into a closed capture)."""
+    before = records_enabled()
     yield
-    logger.remove()
-    logger.add(sys.stderr)
+    assert records_enabled() == before
 
 
 def table_rows(out: str) -> list[tuple[str, str, list[str]]]:

@@ -69,15 +69,23 @@ def test_every_emitted_event_is_a_known_name() -> None:
         emit("exit_went_sideways", key="p1")
 
 
-def test_json_lines_switch_writes_one_parseable_object_per_event() -> None:
+@pytest.mark.anyio
+async def test_json_lines_switch_writes_one_parseable_object_per_event(exchange: PaperExchange,
+                                                                       clock: ManualClock) -> None:
+    # The sink takes exitguard's records only (add_log_sink's default), so the event comes from a real
+    # exit: 9 shares held where 10 were expected.
+    exchange.set_balance("tok", Decimal("9"))
     sink = io.StringIO()
-    handler = configure_logging(json=True, level="DEBUG", sink=sink)
+    handler = configure_logging(json=True, level="WARNING", sink=sink)
     try:
-        emit("exit_balance_mismatch", key="p1", token="tok", expected=Decimal("10"), actual=Decimal("9"))
+        async with ExitEngine(exchange, clock=clock) as engine:
+            engine.track(Position("p1", "tok", Decimal("10")))
+            await engine.exit("p1", reason="r", limit_price=P)
     finally:
         from loguru import logger
 
         logger.remove(handler)
+        logger.disable("exitguard")
     [line] = sink.getvalue().splitlines()
     record = json.loads(line)["record"]
     assert record["extra"]["event"] == "exit_balance_mismatch"

@@ -30,6 +30,7 @@ from exitguard.exchange.polymarket.secrets import (
 )
 from exitguard.polymarket import ENV, PolymarketExchange, PolymarketSettings
 from exitguard.states import InvalidValue, SellPermit
+from exitguard.telemetry.logs import records_enabled
 
 TOKEN = "71321045679252212594626385532706912750332728571942532289631379312455583992563"
 KEY = "0x" + "4c7a9e" * 10 + "d1f3"
@@ -49,11 +50,16 @@ def never_shown(text: str, *secrets: str) -> None:
 
 @pytest.fixture
 def diagnosed() -> Iterator[io.StringIO]:
-    """A loguru sink as an application might add it: tracebacks with every local's value."""
+    """A loguru sink as an application might add it: tracebacks with every local's value, and exitguard's
+    records turned on (they are off until the application asks)."""
+    was_enabled = records_enabled()
+    logger.enable("exitguard")
     out = io.StringIO()
     handler = logger.add(out, level="DEBUG", diagnose=True, backtrace=True, colorize=False)
     yield out
     logger.remove(handler)
+    if not was_enabled:
+        logger.disable("exitguard")
 
 
 @pytest.mark.parametrize("variable", list(ENV.values()))

@@ -32,7 +32,8 @@ def test_the_plugin_is_registered_under_the_name_exitguard(pytestconfig: pytest.
 
 
 def test_the_plugin_adds_no_autouse_fixture(request: pytest.FixtureRequest) -> None:
-    plugin_fixtures = {"exitguard_clock", "paper_exchange", "paper_faults", "exit_engine", "exit_engine_options"}
+    plugin_fixtures = {"exitguard_clock", "paper_exchange", "paper_faults", "exit_engine", "exit_engine_options",
+                       "exitguard_events"}
     assert plugin_fixtures.isdisjoint(request.fixturenames)
 
 
@@ -135,6 +136,39 @@ def test_exit_engine_is_closed_after_the_test_and_also_serves_tests_without_the_
     result = pytester.runpytest_inprocess()
 
     result.assert_outcomes(passed=2)
+
+
+def test_exitguard_events_captures_the_events_of_the_test_and_turns_them_off_after_it(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        "from decimal import Decimal\n"
+        "from exitguard import Position\n"
+        "from exitguard.telemetry.logs import records_enabled\n"
+        "def test_silent_without_the_fixture():\n"
+        "    assert not records_enabled()\n"
+        "def test_events(exitguard_events, paper_exchange, exit_engine_options):\n"
+        "    import anyio\n"
+        "    from exitguard import ExitEngine\n"
+        "    paper_exchange.set_balance('tok', Decimal('9'))\n"
+        "    paper_exchange.set_bids('tok', [(Decimal('0.60'), Decimal('100'))])\n"
+        "    async def exit_once():\n"
+        "        async with ExitEngine(paper_exchange, **exit_engine_options) as engine:\n"
+        "            engine.track(Position(key='p1', token_id='tok', shares=Decimal('10')))\n"
+        "            await engine.exit('p1', reason='r', limit_price=Decimal('0.55'))\n"
+        "    anyio.run(exit_once)\n"
+        "    assert exitguard_events.names() == ['position_tracked', 'exit_balance_mismatch', 'exit_filled']\n"
+        "    [mismatch] = exitguard_events.named('exit_balance_mismatch')\n"
+        "    assert mismatch['level'] == 'WARNING'\n"
+        "    assert (mismatch['key'], mismatch['expected'], mismatch['actual']) == \\\n"
+        "        ('p1', Decimal('10'), Decimal('9'))\n"
+        "    assert exitguard_events.named('exit_filled')[0]['order_id'] == 'paper-1'\n"
+        "def test_off_again_after_it():\n"
+        "    assert not records_enabled()\n"
+    )
+
+    result = pytester.runpytest_inprocess()
+
+    result.assert_outcomes(passed=3)
 
 
 # -- the frozen clock --------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ from typing import Any
 
 import anyio
 import pytest
+from crashkit.lost_writes import stop_uncleanly
 from loguru import logger
 
 from exitguard import (
     DivergenceDetector,
     ExitEngine,
     Fill,
+    JournalError,
     RetryPolicy,
     SellPermit,
     Settlement,
@@ -32,7 +34,7 @@ from exitguard.cli.scenario import bundled_demo, parse_scenario, run_scenario
 from exitguard.exchange.paper import PaperExchange
 from exitguard.position import Position
 from exitguard.pytest_plugin import FrozenClock
-from exitguard.telemetry.logs import EVENTS
+from exitguard.telemetry.logs import EVENTS, records_enabled
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "log-events.md"
 
@@ -204,6 +206,13 @@ async def faults_the_demo_does_not_show(clock: FrozenClock) -> None:
         market(paper, "retry", bid="0.54")
         engine.track(Position("retry", "retry", Decimal("10")))
         await engine.exit("retry", reason="r", limit_price=P)
+        # a top-up, then the kill switch: an exit refused while paused, then resumed
+        market(paper, "topped", shares="15")
+        engine.track(Position("topped", "topped", Decimal("10")))
+        engine.update("topped", shares=Decimal("15"), last_buy_at=clock.wall())
+        engine.pause("operator: incident")
+        await engine.exit("topped", reason="r", limit_price=P)
+        engine.resume()
         # verification failures: an error, a malformed answer, a zero inside the settlement window
         for token in ("error", "corrupt", "unsettled"):
             market(paper, token, shares="0" if token == "unsettled" else "10")
@@ -277,9 +286,38 @@ async def restart_on_a_journal(path: Path, clock: FrozenClock) -> None:
         await engine.resolve_unknowns()
 
 
+class Unauditable(PaperExchange):
+    our_sells_since = None  # an adapter without the port's optional audit
+
+
+async def unclean_restarts_audited(path: Path, clock: FrozenClock) -> None:
+    """After an unclean stop: an audit whose trade query fails (refused), one that passes, and one that an exchange
+    without `our_sells_since` cannot do (skipped)."""
+    paper = PaperExchange(clock=clock)
+    market(paper, "audited")
+
+    def engine(exchange: PaperExchange) -> ExitEngine:
+        return ExitEngine(exchange, journal=path, clock=clock, settlement_poll_interval=None)
+
+    async with engine(paper) as running:
+        running.track(Position("audited", "audited", Decimal("10")))
+        await running.exit("audited", reason="r", limit_price=P)
+        stop_uncleanly(running)
+    paper.fail_next_trade_query()
+    with pytest.raises(JournalError):
+        async with engine(paper):
+            pass
+    async with engine(paper) as running:
+        stop_uncleanly(running)
+    async with engine(Unauditable(clock=clock)):
+        pass
+
+
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
+    was_enabled = records_enabled()
+    logger.enable("exitguard")  # silent by default: the application (here, the test) opts in
     handler = logger.add(lambda message: records.append({"extra": dict(message.record["extra"]),
                                                          "level": message.record["level"].name}), level="DEBUG")
     try:
@@ -288,10 +326,13 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
             await run_scenario(parse_scenario(text, name), source=name)
             await faults_the_demo_does_not_show(FrozenClock())
             await restart_on_a_journal(tmp_path_factory.mktemp("journal") / "exits.journal", FrozenClock())
+            await unclean_restarts_audited(tmp_path_factory.mktemp("audited") / "exits.journal", FrozenClock())
 
         anyio.run(run)
     finally:
         logger.remove(handler)
+        if not was_enabled:
+            logger.disable("exitguard")
     return records
 
 

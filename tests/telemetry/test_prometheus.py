@@ -99,7 +99,7 @@ def expect_a_few_exits(got: Samples) -> None:
 
     exits = {dict(labels)["outcome"]: value for (name, labels), value in got.items() if name == "exitguard_exits_total"}
     assert exits == {"CLOSED": 3, "ALREADY_EXITED": 1, "DUST": 1, "NOT_FILLED": 1, "UNKNOWN": 1, "VERIFY_FAILED": 1,
-                     "IN_PROGRESS": 0}
+                     "IN_PROGRESS": 0, "PAUSED": 0}
     divergences = {dict(labels)["kind"]: value for (name, labels), value in got.items()
                    if name == "exitguard_divergences_total"}
     assert {kind: n for kind, n in divergences.items() if n} == {
@@ -111,6 +111,7 @@ def expect_a_few_exits(got: Samples) -> None:
     assert got[series("exitguard_unsettled_sales")] == 1
     assert got[series("exitguard_balance_refreshes_total")] == 3
     assert got[series("exitguard_verify_failures_total")] == 1
+    assert got[series("exitguard_paused")] == 0
     assert got[series("exitguard_divergence_alerts_total")] == 0
 
 

@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -37,7 +38,7 @@ from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2
 
 from exitguard.clock import Clock, SystemClock
 from exitguard.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
-from exitguard.exchange.polymarket import answers, reads
+from exitguard.exchange.polymarket import answers, history, reads
 from exitguard.exchange.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
 from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
 from exitguard.exchange.polymarket.secrets import (
@@ -245,6 +246,18 @@ class PolymarketExchange:
             found = shown  # the order endpoint shows it, not finished: it may still fill
         return replace(found, left_late=late)
 
+    async def our_sells_since(self, since: datetime) -> list[str]:
+        """The port's optional audit after an unclean stop (exitguard.journal.audit): ids of our sell orders with a
+        trade at or after `since`, from every page of our trade history (history.py). Any failed page raises."""
+        await self._ensure_creds()
+        # Our address as our orders carry it (their `maker`): the filter may not ignore its case.
+        query = history.trades_query(str(self.client.builder.funder or self.client.signer.address()), since)
+        pages = history.SalesPages(self.wallet)
+        while not pages.done:
+            pages.read(await self._read(Family.TRADES, "trade audit", history.get_trades_page, self.client, query,
+                                        pages.cursor))
+        return pages.orders()
+
     async def settlement(self, fill: Fill) -> Settlement:
         await self._ensure_creds()
         return reads.settlement(fill, await self._trades(fill.trade_ids))
@@ -323,6 +336,9 @@ class PolymarketExchange:
         except TimeoutError:
             raise TransientError(f"{what}: no answer within {self.call_timeout}s") from None
         except PolyApiException as err:
+            if err.status_code is None:  # no answer: say which host and why, as the operating system put it
+                raise TransientError(f"{what}: cannot reach {self.client.host}: {reads.transport_cause(err)}") \
+                    from None
             raise reads.read_error(what, err.status_code, err.error_msg) from None
         except PolyException as err:
             raise TransientError(f"{what}: {err.msg}") from None

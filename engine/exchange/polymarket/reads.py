@@ -67,6 +67,25 @@ def read_error(what: str, status: int | None, body: object) -> ExchangeError:
     return TransientError(f"{what}: HTTP {status}: {text}", status=status)
 
 
+def transport_cause(err: BaseException) -> str:
+    """Why a request never got an answer, read from what the client chained under its bare "Request
+    exception!": the operating system's words ("connection refused", "name or service not known") when an
+    OSError is in the chain, else the transport's own exception named (never its text: it may quote a URL
+    with a query). For an operator's message: `cannot reach <host>: <cause>`."""
+    seen: set[int] = set()
+    link: BaseException | None = err.__cause__ or err.__context__
+    named = ""
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.strerror:
+            return link.strerror.lower()
+        if isinstance(link, TimeoutError) or "Timeout" in type(link).__name__:
+            return "timed out"
+        named = named or type(link).__name__
+        link = link.__cause__ or link.__context__
+    return f"transport error ({named})" if named else "no answer (the connection failed)"
+
+
 def _error_text(body: object) -> str:
     if isinstance(body, dict):
         value = body.get("error") or body.get("errorMsg") or body.get("message")

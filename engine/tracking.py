@@ -1,0 +1,51 @@
+"""What `track()` and `update()` accept for a key the engine already holds.
+
+A bot re-tracks its whole book at every start, and the journal restored it a moment before: the same position
+again changes nothing. A different one is a disagreement between the bot's book and the engine's that no guess
+settles (which share count is true?), so it is refused, naming each field that differs. A position that grew or
+shrank while OPEN (a second buy, a partial fill learned late) is said so with `update()`, which is journaled.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from exitguard.errors import PositionConflict
+from exitguard.position import Position
+from exitguard.states import PositionRecord, micro_to_shares
+
+Difference = tuple[str, object, object]
+"""(field, the tracked value, the new value)."""
+
+
+def differences(record: PositionRecord, position: Position) -> tuple[Difference, ...]:
+    """The fields of `position` that differ from the tracked `record` (shares compared exactly)."""
+    found: list[Difference] = []
+    if position.token_id != record.token_id:
+        found.append(("token_id", record.token_id, position.token_id))
+    if position.micro_shares != record.expected:
+        found.append(("shares", micro_to_shares(record.expected), position.shares))
+    if position.last_buy_at != record.last_buy_at:
+        found.append(("last_buy_at", _when(record.last_buy_at), _when(position.last_buy_at)))
+    return tuple(found)
+
+
+def retrack_conflict(record: PositionRecord, found: tuple[Difference, ...], *, journaled: bool) -> PositionConflict:
+    """The refusal of a re-track that differs from the tracked position: every difference, then what to do."""
+    where = "journaled" if journaled else "tracked"
+    changes = "; ".join(f"{field} {where} {old!s} but {new!s} now" for field, old, new in found)
+    fix = ("update() it if the position really changed (a second buy, a partial fill)" if str(record.state) == "OPEN"
+           else f"it is {record.state}: forget() a finished one first, or track the new position under a new key")
+    return PositionConflict(f"position key={record.key!r}: already {where} differently ({changes}); {fix}",
+                            differences=found)
+
+
+def updated(record: PositionRecord, shares: object, last_buy_at: datetime | None) -> Position:
+    """The position `update()` makes of `record`: validated as a new Position is (positive, bounded, exact
+    shares; a timezone-aware last buy), keeping the last buy when none is given."""
+    return Position(key=record.key, token_id=record.token_id, shares=shares,  # type: ignore[arg-type]
+                    last_buy_at=record.last_buy_at if last_buy_at is None else last_buy_at)
+
+
+def _when(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
