@@ -167,7 +167,11 @@ class Resolver:
                 del self._planned[key]
                 # A slot before the task: at most `concurrency` lookups (and tasks) at once, however many wait.
                 await self._slots.acquire()
-                assert self._group is not None
+                if self._group is None:
+                    # The engine is closing: its block ended while this slot was awaited. The plan is dropped
+                    # with the engine; a restarted engine looks the order up again from the journal.
+                    self._slots.release()
+                    return
                 self._group.start_soon(self._retry, key)
             nap = self._due[0][0] - self.clock.monotonic() if self._due else math.inf
             with anyio.move_on_after(max(nap, SHORTEST_NAP)):
