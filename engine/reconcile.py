@@ -119,9 +119,7 @@ class Reconciler:
         report = self.report.after(record, trigger, log_fields(record, None), between=(sent, actual),
                                    lookup=str(lookup.status), state=str(record.state), sent=micro_to_shares(sent),
                                    filled=micro_to_shares(actual))
-        assert report.outcome is not None
-        return self.report.finish(record, report.outcome, attempts=0,
-                                  order_id=fill.order_id if fill is not None else None)
+        return self.report.ended(record, report, attempts=0, order_id=fill.order_id if fill is not None else None)
 
     def _left_at(self, record: PositionRecord, lookup: SellLookup) -> datetime:
         """When the request left our hands: when the engine's sell call returned, later by however long the

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import anyio
 
@@ -25,7 +24,6 @@ from exitguard.states import (
     SELL_ANSWERS,
     AnswerEffect,
     PositionRecord,
-    Report,
     SellAnswer,
     SellPermit,
     micro_to_shares,
@@ -98,7 +96,8 @@ class Seller:
             report = self.report.after(record, rule.trigger, context, between=(permit.shares, None),
                                        divergence=rule.divergence, shares=permit.share_amount, limit_price=price,
                                        error=error, error_type=type(err).__name__)
-            return self._result(record, report, attempts, price, latency, error=error), rule.retryable
+            return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
+                                     error=error), rule.retryable
         self.metrics.sell_latency_recorder.record(self.clock.monotonic() - started)
         if fill.shares != permit.shares:
             self.report.tell(FILL_MISMATCH, record, context, (permit.shares, fill.shares))
@@ -109,7 +108,8 @@ class Seller:
                                    avg_price=fill.avg_price, limit_price=price, order_id=fill.order_id,
                                    settlement_pending=bool(fill.trade_ids))
         self.settlements.follow(record, fill)
-        return self._result(record, report, attempts, price, latency, order_id=fill.order_id), False
+        return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
+                                 order_id=fill.order_id), False
 
     def _expired(self, record: PositionRecord, permit: SellPermit, context: dict[str, object], attempts: int,
                  price: Decimal, latency: float, why: str | None = None) -> ExitResult:
@@ -119,12 +119,7 @@ class Seller:
         self.book.fire(record, "sell_expired", reason=error)
         report = self.report.after(record, "sell_expired", context, permit_age_s=round(age, 3),
                                    max_age_s=self.permit_max_age)
-        return self._result(record, report, attempts, price, latency, error=error)
-
-    def _result(self, record: PositionRecord, report: Report, attempts: int, price: Decimal, latency: float,
-                **result: Any) -> ExitResult:
-        assert report.outcome is not None, "an edge that ends an exit names its outcome"
-        return self.report.finish(record, report.outcome, attempts=attempts, price=price, latency=latency, **result)
+        return self.report.ended(record, report, attempts=attempts, price=price, latency=latency, error=error)
 
 
 def readable_fill(fill: object, permit: SellPermit) -> bool:
