@@ -24,6 +24,7 @@ from py_clob_client_v2.http_helpers import helpers as http
 
 from exitguard.cli.venue import BAD_INPUT, existing_journal, live
 from exitguard.errors import ExchangeError
+from exitguard.exchange.polymarket.positions import ledger_of
 from exitguard.exchange.polymarket.reads import market_from_book, read_error, transport_cause
 from exitguard.exchange.polymarket.secrets import mask_text, own_calls
 from exitguard.journal import Journal
@@ -159,7 +160,7 @@ def _token(call: Call, client: Any, token: str) -> list[Item]:
     items: list[Item] = []
     try:
         body = call("balance-allowance", client.get_balance_allowance,
-                    BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token))
+                    BalanceAllowanceParams(asset_type=ledger_of(token), token_id=token))
         balance = _raw(body.get("balance")) if isinstance(body, dict) else None
         if balance is None:
             raise CheckFailed(f"balance-allowance: answer without a readable balance: {mask_text(str(body)[:120])}")

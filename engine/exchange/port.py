@@ -21,6 +21,13 @@ datetime; the caller has already widened it for clock skew). After an unclean st
 the ids its journal holds before any exit starts (exitguard.journal.audit): an id it does not know means the
 journal lost a sale. Any failure must raise (an ExchangeError): a failed query is never an empty list. Without it,
 that audit is skipped with a WARNING (`journal_audit_skipped`).
+
+Added on purpose in issue 12, optional in the same way: `async def reserve_sell(self, attempt_id: str) -> None`.
+The engine calls it when an attempt starts, before it reads the balance: the adapter takes the order's rate-limit
+slot then (waiting for it if it must), so that the sell that follows a fresh verification leaves at once instead
+of waiting for a slot while its permit ages. `sell(permit)` with `permit.attempt_id` uses the slot reserved for
+that attempt; a reservation that no sell uses is dropped by the adapter after a while (the slot is spent, as a
+conservative pacer would). Without it, the adapter paces inside `sell` as before.
 """
 
 from __future__ import annotations

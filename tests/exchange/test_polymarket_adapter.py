@@ -311,7 +311,7 @@ async def test_a_burst_of_exits_stays_inside_every_rate_limit(clob: FakeClob) ->
         granted.append((family, virtual.monotonic()))
 
     exchange.limits.acquire = recording  # type: ignore[method-assign]
-    tokens = [f"{900 + i}" for i in range(12)]
+    tokens = [f"{TOKEN[:-3]}{900 + i}" for i in range(12)]  # CTF token ids (small integers read as V2 ids)
     for token in tokens:
         clob.add_market(token)
         clob.set_bids(token, [(Decimal("0.60"), Decimal("100"))])

@@ -24,7 +24,6 @@ import anyio
 import anyio.to_thread
 from py_clob_client_v2.client import ClobClient
 from py_clob_client_v2.clob_types import (
-    AssetType,
     BalanceAllowanceParams,
     OrderType,
     RequestArgs,
@@ -40,6 +39,7 @@ from exitguard.clock import Clock, SystemClock
 from exitguard.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
 from exitguard.exchange.polymarket import answers, history, reads
 from exitguard.exchange.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
+from exitguard.exchange.polymarket.positions import ledger_of
 from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
 from exitguard.exchange.polymarket.secrets import (
     MaskedBody,
@@ -135,7 +135,7 @@ class PolymarketExchange:
 
     async def get_balance(self, token_id: str) -> object:
         await self._ensure_creds()
-        params = BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token_id)
+        params = BalanceAllowanceParams(asset_type=ledger_of(token_id), token_id=token_id)
         body = await self._read(Family.BALANCE, "balance", self.client.get_balance_allowance, params)
         if not isinstance(body, dict) or "balance" not in body:
             raise TransientError(f"balance-allowance for token_id={token_id}: answer without a balance: "
@@ -144,7 +144,7 @@ class PolymarketExchange:
 
     async def refresh_balance(self, token_id: str) -> None:
         await self._ensure_creds()
-        params = BalanceAllowanceParams(asset_type=AssetType.CONDITIONAL, token_id=token_id)
+        params = BalanceAllowanceParams(asset_type=ledger_of(token_id), token_id=token_id)
         await self._read(Family.BALANCE_UPDATE, "balance refresh", self.client.update_balance_allowance, params)
 
     async def market_rules(self, token_id: str) -> MarketRules:

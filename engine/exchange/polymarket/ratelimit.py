@@ -6,7 +6,7 @@ The buckets wait on an injectable clock: tests drive them on virtual time, witho
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -117,3 +117,7 @@ class RateLimits:
 
     async def acquire(self, family: Family, max_wait: float | None = None) -> None:
         await self.buckets[family].acquire(max_wait)
+
+    def observe(self, family: Family, status: int | None, headers: Mapping[str, str]) -> None:
+        """What one answer's status and headers teach the buckets (`Poly-RateLimit-*`, a 429). The transport
+        calls it after every answer it receives; reading the headers is issue 12's per-signer work."""
