@@ -8,9 +8,15 @@ ids but no settlement hashes; the fake settles the trades right after answering 
 so `post_order` needs one poll of /data/trades.
 
 Target (issue 3): exitguard <= 1.10 x the floor at p99, on a warm token and on a token tracked a
-second before the exit.
+second before the exit; since issue 14 also on an exit right after `track()` (the market's rules are read in
+parallel with the balance).
 
-    python bench/exit_latency.py [--rtt 0.05] [--samples 100]
+Then (issue 14 section 5) the requests one exit makes in each balance-cache case: a buy that paid its fee in
+shares (a reading below the tracked shares, outside the settlement window: the truth, 2 requests), the same
+reading inside the settlement window of the last buy (refreshed and read again), and the exit right after our
+own fill on the token (refreshed before the read).
+
+    python bench/exit_latency.py [--rtt 0.05] [--samples 100] [--calls-only]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakeclob import FakeClob  # noqa: E402
 from loguru import logger  # noqa: E402
 from py_clob_client_v2.clob_types import AssetType, BalanceAllowanceParams, OrderArgsV2, OrderType  # noqa: E402
+from py_clob_client_v2.http_helpers import helpers as http  # noqa: E402
 
 from exitguard import ExitEngine, ExitOutcome, Position  # noqa: E402
-from exitguard.exchange.polymarket.adapter import post_fok  # noqa: E402
+from exitguard.exchange.polymarket import endpoints  # noqa: E402
 from exitguard.polymarket import PolymarketExchange  # noqa: E402
 
 LIMIT = 1.10
@@ -40,6 +48,14 @@ LIMIT = 1.10
 SHARES = Decimal("10")
 PRICE = Decimal("0.55")
 PURE_PYTHON_SIGNING = "eth_keys.backends.NativeECCBackend"
+
+
+def post_fok(client: object, order: object) -> object:
+    """The floor's post: POST /order of an order signed beforehand, once, as the adapter sends it."""
+    body = endpoints.order_body(client, order)  # type: ignore[arg-type]
+    headers = endpoints.l2_headers(client, "POST", endpoints.POST_ORDER, body)  # type: ignore[arg-type]
+    return http.post(f"{client.host}{endpoints.POST_ORDER}", headers=headers, data=body,  # type: ignore[attr-defined]
+                     retry_on_error=False)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -164,10 +180,56 @@ async def exitguard(run: Run, samples: int, *, mode: str, gap: float) -> tuple[l
     return times, sum(requests) / len(requests)
 
 
+CALL_CASES = (
+    # (case, shares on the exchange, seconds since the last buy (None: unknown), sold from the token just before,
+    #  target requests)
+    ("fee paid in shares, last buy 5 min ago", Decimal("9.98"), 300.0, False, 2),
+    ("fee paid in shares, no last buy known", Decimal("9.98"), None, False, 2),
+    ("reading below, inside the settlement window", Decimal("9.98"), 5.0, False, None),
+    ("right after our own fill on the token", SHARES, 300.0, True, None),
+)
+
+
+async def calls_per_case(run: Run, samples: int) -> list[tuple[str, float, int | None]]:
+    """Requests per exit in each case of states/refresh.py (warm tokens: the rules are known)."""
+    exchange = PolymarketExchange(run.clob.client())
+    found = []
+    async with ExitEngine(exchange, settlement_poll_interval=None) as engine:
+        for case, shares, since_buy, after_fill, target in CALL_CASES:
+            counts = []
+            for i in range(samples):
+                token = run.fresh_token()
+                await engine.market(token)
+                bought = None if since_buy is None else datetime.now(UTC) - timedelta(seconds=since_buy)
+                if after_fill:
+                    engine.track(Position(key=f"{case}-{i}-first", token_id=token, shares=SHARES))
+                    first = await engine.exit(f"{case}-{i}-first", reason="bench", limit_price=PRICE)
+                    assert first.outcome is ExitOutcome.CLOSED, first
+                    await engine.check_settlements()
+                run.clob.set_balance(token, shares)
+                key = f"{case}-{i}"
+                engine.track(Position(key=key, token_id=token, shares=SHARES, last_buy_at=bought))
+                before = len(run.clob.requests)
+                result = await engine.exit(key, reason="bench", limit_price=PRICE)
+                counts.append(requests_for(run.clob, token, before))
+                assert result.outcome is ExitOutcome.CLOSED, result
+                await engine.check_settlements()
+            found.append((case, sum(counts) / len(counts), target))
+    return found
+
+
+def print_calls(run: Run, samples: int) -> None:
+    print(f"\n{'requests per exit, by balance-cache case (warm token)':<56} {'requests':>8}  target")
+    for case, per_exit, target in anyio.run(calls_per_case, run, samples):
+        verdict = "" if target is None else f"{target}: {'met' if per_exit <= target else 'MISSED'}"
+        print(f"{case:<56} {per_exit:>8.1f}  {verdict}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rtt", type=float, default=0.05, help="seconds the fake adds to every request")
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--calls-only", action="store_true", help="only the requests per exit in each case")
     args = parser.parse_args()
     logger.remove()
     with FakeClob() as clob:
@@ -176,6 +238,9 @@ def main() -> None:
         clob.settlement = "after_reply"
         clob.latency = args.rtt
         run = Run(clob)
+        if args.calls_only:
+            print_calls(run, min(args.samples, 20))
+            return
         floor_flow = ("floor: balance + post of a pre-signed order", lambda: floor(run, args.samples), False)
         # Each flow under a target is measured right after a floor of its own, so that whatever else
         # loads the machine at that moment weighs on both sides of the ratio.
@@ -189,7 +254,7 @@ def main() -> None:
              True),
             floor_flow,
             ("exitguard, exit right after track",
-             lambda: anyio.run(lambda: exitguard(run, args.samples, mode="cold", gap=0)), False),
+             lambda: anyio.run(lambda: exitguard(run, args.samples, mode="cold", gap=0)), True),
             ("naive, warm client caches, pure-Python signing", lambda: naive(run, args.samples, cold=False), False),
             ("naive, cold client caches, pure-Python signing", lambda: naive(run, args.samples, cold=True), False),
         ]
@@ -209,6 +274,7 @@ def main() -> None:
             rtts = p50 / args.rtt if args.rtt else 0.0
             print(f"{name:<48} {per_exit:>8.1f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {rtts:>9.2f} "
                   f"{p50 / base[0]:>10.3f} {p99 / base[1]:>10.3f}  {verdict}", flush=True)
+        print_calls(run, min(args.samples, 20))
 
 if __name__ == "__main__":
     main()

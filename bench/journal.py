@@ -1,21 +1,26 @@
-"""The journal's cost: per transition with fsync on, per exit journal off vs on, and restart recovery time
-for 100,000 journaled positions.
+"""The journal's cost: fsyncs per exit and per track (counted), wall time per exit, and restart recovery time for
+100,000 journaled positions.
 
-1. N exits on the paper exchange (zero latency, logging off), four ways: the bare exchange calls (the
-   floor, as in bench/engine_overhead.py), ExitEngine without a journal (issue 5's limit: <= 300 us of
-   engine overhead per exit), with the journal on a memory filesystem (/dev/shm: the same SQLite work,
-   but an fsync there returns at once) and in FOLDER (the shipped setting: every transition fsync'd before
-   the engine acts on it). CPU time (`process_time`) shows the engine's own work; wall time
-   (`perf_counter`) includes the fsync waits, so the fsync cost is FOLDER minus memory in wall time.
-2. A journal of P positions built in one SQL transaction (rows copied from templates that the Journal
-   API wrote, so their format is the journal's own), then the time `ExitEngine(..., journal=path)` takes
-   to enter: all OPEN, then with some VERIFYING (reopened, no I/O) and SELLING with a journaled order id
-   (looked up on the paper exchange: half filled there, half never arrived).
+1. fsyncs, counted: bench/fsyncs.py puts a shim on SQLite's default VFS (through ctypes) that counts every `xSync`
+   SQLite makes (commits, checkpoints, the log's header when it restarts) and wraps the journal's own fsync of its
+   log, each by thread. N positions tracked one by one, then exited one after the other, then N more exited all at
+   once (a task group: their intents share fsyncs). Every count includes the journal's checkpoints in its own
+   thread (waited for before counting), and the fsyncs made on the event loop's thread are counted apart (the
+   target is none).
+2. Time per exit on the paper exchange (zero latency, logging off): the bare exchange calls (the floor, as in
+   bench/engine_overhead.py), ExitEngine without a journal, with the journal on a memory filesystem (/dev/shm: the
+   same SQLite work, an fsync there returns at once) and in FOLDER (an fsync costs what that disk charges). CPU time
+   (`process_time`) is the engine's own work; wall time (`perf_counter`) includes the wait for the intent's fsync.
+3. A journal of P positions built in one SQL transaction (rows copied from templates that the Journal API wrote, so
+   their format is the journal's own), then the time `ExitEngine(..., journal=path)` takes to enter: all OPEN, then
+   with some VERIFYING (reopened, no I/O) and SELLING with a journaled order id (looked up on the paper exchange: half
+   filled there, half never arrived).
 
-    python bench/journal.py [--exits N] [--positions P] [--in-flight K] [--dir FOLDER]
+    python bench/journal.py [--exits N] [--positions P] [--in-flight K] [--dir FOLDER] [--fsyncs-json]
 
-The journal goes in FOLDER (default: the current directory): fsync costs what that disk charges, so the
-filesystem is printed with the figures. Nothing here asserts on time.
+`--fsyncs-json` runs part 1 only and prints its counts as JSON (tests/engine/test_journal_fsyncs.py reads it). The
+journal goes in FOLDER (default: the current directory); the filesystem is printed with the figures. Nothing here
+asserts on time.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import json
 import resource
 import shutil
 import sqlite3
+import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,6 +42,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from engine_overhead import LIMIT_US, PRICE, market, naive_exits
+from fsyncs import FsyncCounter, available
 from loguru import logger
 
 from exitguard import ExitEngine, Position
@@ -44,9 +52,82 @@ from exitguard.journal import Journal
 from exitguard.states import MarketRules, PositionRecord, State, assess_balance, fire, take_permit
 
 SHARES = 10_000_000  # 10 shares in micro-shares
+COUNTER = FsyncCounter()
 
 
-# -- 1. cost per exit and per transition -------------------------------------------------------------
+# -- 1. fsyncs per track and per exit, counted ---------------------------------------------------------
+
+async def counted_run(path: Path, n: int) -> dict[str, Any]:
+    """Track n positions, exit them one after the other, then n more at once; the fsyncs of each phase."""
+    loop = threading.get_ident()
+    exchange = market(2 * n)
+    counts: dict[str, Any] = {"exits": n}
+    async with ExitEngine(exchange, journal=path, settlement_poll_interval=None) as engine:
+        journal = engine.journal
+        assert journal is not None
+
+        def phase(name: str, since: tuple[int, int, int]) -> tuple[int, int, int]:
+            journal.quiesce()  # a checkpoint running in its own thread counts toward the phase that started it
+            now = (COUNTER.count(), COUNTER.on_thread(loop), journal.fsyncs)
+            counts[name] = {"fsyncs": now[0] - since[0], "on_loop": now[1] - since[1], "intent": now[2] - since[2]}
+            return now
+
+        mark = phase("open", (0, 0, 0))
+        for index in range(n):
+            engine.track(Position(f"p{index}", f"t{index}", Decimal("10")))
+        mark = phase("tracks", mark)
+        started = time.perf_counter()
+        for index in range(n):
+            await engine.exit(f"p{index}", reason="bench", limit_price=PRICE)
+        counts["sequential_wall_us"] = (time.perf_counter() - started) / n * 1e6
+        mark = phase("sequential", mark)
+        engine.track_many([Position(f"q{index}", f"t{n + index}", Decimal("10")) for index in range(n)])
+        mark = phase("track_many", mark)
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for index in range(n):
+                group.start_soon(lambda k=index: engine.exit(f"q{k}", reason="bench", limit_price=PRICE))
+        counts["concurrent_wall_us"] = (time.perf_counter() - started) / n * 1e6
+        phase("concurrent", mark)
+        counts["states"] = engine.counts_by_state() if hasattr(engine, "counts_by_state") else None
+    return counts
+
+
+def fsync_counts(folder: Path, n: int) -> dict[str, Any]:
+    why = available(COUNTER)
+    if why is not None:
+        return {"unavailable": why}
+    return anyio.run(counted_run, folder / "counted.journal", n)
+
+
+def print_fsyncs(folder: Path, n: int) -> None:
+    counts = fsync_counts(folder, n)
+    print(f"1. fsyncs, counted (SQLite's xSync calls through a VFS shim + the journal's own fsync of its log)\n"
+          f"   journal folder {folder} ({filesystem(folder)}); {n:,} positions per phase\n")
+    if "unavailable" in counts:
+        print(f"   not counted: {counts['unavailable']}")
+        return
+    print(f"   {'phase':<44} {'fsyncs':>7} {'per item':>9} {'intents':>8} {'on the loop':>12}   target")
+    rows = (("tracks, one track() each", "tracks", "<= 1 per track"),
+            ("exits one after the other", "sequential", "<= 1 per exit"),
+            ("track_many of them at once", "track_many", "<= 1 per track"),
+            ("exits all at once (task group)", "concurrent", "<= 1 per exit"))
+    for label, name, target in rows:
+        c = counts[name]
+        per = c["fsyncs"] / n
+        verdict = "OK" if per <= 1 and c["on_loop"] == 0 else "OVER"
+        if name == "sequential":
+            verdict += f" ({c['intent'] / n:.3f} for the intents + {(c['fsyncs'] - c['intent']) / n:.3f} checkpoints)"
+        print(f"   {label:<44} {c['fsyncs']:>7,} {per:>9.3f} {c['intent']:>8,} {c['on_loop']:>12,}   "
+              f"{target}: {verdict}")
+    print(f"\n   wall time per exit with the journal: {counts['sequential_wall_us']:.0f} us one after the other, "
+          f"{counts['concurrent_wall_us']:.0f} us all at once")
+    print("   (intents: the journal's fsyncs of its log, one per intent unless exits share one; the rest are SQLite's,"
+          "\n   at its checkpoints, run in the journal's own thread. The engine's open and close fsync too, outside"
+          "\n   these phases.)")
+
+
+# -- 2. cost per exit ----------------------------------------------------------------------------------
 
 async def engine_exits(n: int, journal: Path | None) -> tuple[float, float, float]:
     """(CPU seconds, wall seconds, journal writes) for n exits; tracking happens before the clock starts."""
@@ -80,27 +161,21 @@ def per_exit(folder: Path, n: int) -> None:
         cpu, wall, writes = anyio.run(engine_exits, n, journal)
         rows[name] = (cpu / n * 1e6, wall / n * 1e6, writes / n)
     shutil.rmtree(memory)
-    print(f"1. cost per exit: {n:,} exits on the paper exchange, zero latency, logging off")
+    print(f"\n2. cost per exit: {n:,} exits one after the other on the paper exchange, zero latency, logging off")
     print(f"   journal folder {folder} ({filesystem(folder)}); fsync free: {memory} ({filesystem(memory)})\n")
-    print(f"   {'':<38} {'CPU us/exit':>12} {'wall us/exit':>13} {'writes/exit':>12}")
-    print(f"   {'bare exchange calls (the floor)':<38} {floor_cpu:>12.1f} {floor_wall:>13.1f} {'-':>12}")
+    print(f"   {'':<38} {'CPU us/exit':>12} {'wall us/exit':>13} {'commits/exit':>13}")
+    print(f"   {'bare exchange calls (the floor)':<38} {floor_cpu:>12.1f} {floor_wall:>13.1f} {'-':>13}")
     for name, (cpu, wall, writes) in rows.items():
-        print(f"   {'ExitEngine, ' + name:<38} {cpu:>12.1f} {wall:>13.1f} {writes:>12.1f}")
+        print(f"   {'ExitEngine, ' + name:<38} {cpu:>12.1f} {wall:>13.1f} {writes:>13.1f}")
     overhead = rows["no journal"][0] - floor_cpu
     print(f"\n   engine overhead without the journal: {overhead:.1f} us CPU per exit "
           f"(limit {LIMIT_US:.0f} us: {'OK' if overhead <= LIMIT_US else 'OVER'})")
     off, full, none = rows["journal, fsync free"], rows["journal, fsync on"], rows["no journal"]
-    transitions = full[2]
-    journal_cpu = full[0] - none[0]
-    journal_wall = full[1] - none[1]
-    fsync = full[1] - off[1]
-    print(f"   with the journal (fsync on):  +{journal_wall:.1f} us wall per exit, "
-          f"{journal_wall / transitions:.1f} us per transition ({transitions:.0f} journaled per exit); "
-          f"CPU +{journal_cpu:.1f} us per exit, {journal_cpu / transitions:.1f} us per transition")
-    print(f"   of which fsync:               {fsync:.1f} us wall per exit, {fsync / transitions:.1f} us per transition "
-          f"(fsync on minus fsync free)")
-    print(f"   without fsync (SQLite work):  +{off[1] - none[1]:.1f} us wall per exit, "
-          f"{(off[1] - none[1]) / transitions:.1f} us per transition")
+    print(f"   with the journal (fsync on):  +{full[1] - none[1]:.1f} us wall per exit, "
+          f"CPU +{full[0] - none[0]:.1f} us "
+          f"({full[2]:.1f} commits per exit: the intent, fsync'd; the outcome; a fill's settlement to follow)")
+    print(f"   of which the fsync wait:      {full[1] - off[1]:.1f} us wall per exit (fsync on minus fsync free; the "
+          "event loop runs other exits meanwhile)")
 
 
 # -- 2. recovery of P positions ----------------------------------------------------------------------
@@ -232,7 +307,7 @@ async def timed_entry(path: Path, exchange: PaperExchange) -> tuple[float, Any, 
 
 
 def recovery(folder: Path, positions: int, in_flight: int) -> None:
-    print(f"\n2. recovery: ExitEngine(exchange, journal=path) entry with {positions:,} journaled positions "
+    print(f"\n3. recovery: ExitEngine(exchange, journal=path) entry with {positions:,} journaled positions "
           "(paper exchange, zero latency)\n")
     for flight in (0, in_flight):
         path = folder / f"recovery-{flight}.journal"
@@ -282,10 +357,16 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=1_000,
                         help="VERIFYING and SELLING positions each in the second recovery run (default 1,000)")
     parser.add_argument("--dir", type=Path, default=Path.cwd(), help="where the journals go (default: .)")
+    parser.add_argument("--fsyncs-json", action="store_true", help="part 1 only, its counts as JSON")
     args = parser.parse_args()
     logger.remove()
+    COUNTER.install()  # before any journal opens: files opened earlier are not counted
     folder = Path(tempfile.mkdtemp(prefix="exitguard-bench-", dir=args.dir))
     try:
+        if args.fsyncs_json:
+            json.dump(fsync_counts(folder, args.exits), sys.stdout)
+            return
+        print_fsyncs(folder, args.exits)
         per_exit(folder, args.exits)
         recovery(folder, args.positions, args.in_flight)
     finally:

@@ -9,14 +9,18 @@ engine refuses it before anything happens; when they had to be fetched first, th
 
 from __future__ import annotations
 
+import itertools
+import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
+from typing import cast
 
 import anyio
 
 from exitguard.book import PositionBook
 from exitguard.clock import Clock
-from exitguard.errors import ExchangeError
+from exitguard.errors import ExchangeError, MarketClosed
 from exitguard.position import ExitResult
 from exitguard.reports import Reporter, balance_facts, log_fields
 from exitguard.sell import Seller
@@ -27,12 +31,43 @@ from exitguard.states import (
     PositionRecord,
     State,
     assess_balance,
+    in_settlement_window,
     micro_to_shares,
 )
 from exitguard.telemetry.metrics import EngineMetrics
 from exitguard.verify import Verifier, check_tick
 
 UNSETTLED_ZERO = "balance 0 inside the settlement window of the last buy: the cache may lag the buy"
+
+
+def attempt_ids() -> Callable[[], str]:
+    """An engine's attempt ids: 64 random bits drawn once per engine, then a counter ("9f2c...e1-1", "...-2").
+
+    Unique across restarts: each engine (and so each start on a journal) draws a new prefix from the OS, so its
+    ids never repeat one the journal holds from an earlier process; two prefixes collide once in 2**64 starts.
+    Cheaper than a uuid4 per attempt (2-5 us each, most of it reading the OS's randomness)."""
+    prefix = secrets.token_hex(8)
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter)}"
+
+
+class Slot:
+    """One of the engine's `max_concurrent_exits` slots. A free one is taken without the extra checkpoint
+    `CapacityLimiter.acquire` makes (a turn of the event loop per exit); a full limiter is waited on as usual."""
+
+    __slots__ = ("limiter",)
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self.limiter = limiter
+
+    async def __aenter__(self) -> None:
+        try:
+            self.limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.limiter.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.limiter.release()
 
 
 class Attempt:
@@ -55,11 +90,15 @@ class Attempt:
         """One verification and at most one sell. Returns the result and whether a retry may follow."""
         started = self.clock.monotonic()
         try:
-            with anyio.fail_after(self.verify_timeout):
-                rules = await self.verify.rules(record.token_id)
-                off_tick = _off_tick(price, rules)
-                if off_tick is None:
-                    balance = await self.verify.balance(record)
+            # anyio.fail_after without its generator (a few us per exit): only the deadline cancels this scope.
+            with anyio.CancelScope(deadline=anyio.current_time() + self.verify_timeout) as scope:
+                self.verify.check_open(record.token_id)  # a market known closed: no slot, no read, nothing sent
+                rules, balance, off_tick = await self._read(record, price)
+            if scope.cancelled_caught:
+                raise TimeoutError
+        except MarketClosed as err:
+            # No sell can ever take these shares: its own outcome, never a failed verification to retry.
+            return self.report.market_closed(record, err, price, attempts, self.clock.monotonic() - started), False
         except (ExchangeError, InvalidValue, TimeoutError) as err:
             latency = self.clock.monotonic() - started
             error = str(err) or f"no answer within {self.verify_timeout}s"
@@ -84,6 +123,48 @@ class Attempt:
                                    error=UNSETTLED_ZERO, error_type="UnsettledBalance")
         return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
                                  error=UNSETTLED_ZERO if record.state is State.OPEN else None), False
+
+
+    async def _read(self, record: PositionRecord, price: Decimal) -> tuple[MarketRules, int, InvalidValue | None]:
+        """The market's rules and the balance, the sell's slot reserved (`reserve_sell`) before the balance is
+        read. A price off the tick reads no balance (0 is returned, unused) and comes back as the refusal."""
+        attempt_id = cast(str, record.attempt_id)
+        settling = record.last_buy_at is not None and in_settlement_window(record.last_buy_at, self.clock.wall(),
+                                                                           self.settlement_window)
+        rules = self.verify.cached_rules(record.token_id)
+        if rules is not None:
+            await self.verify.reserve(attempt_id)
+            off_tick = _off_tick(price, rules)
+            return rules, 0 if off_tick else await self.verify.balance(record, settling=settling), off_tick
+        # The first exit right after track(), before its warm-up ended: the rules are read beside the slot and
+        # the balance, so it costs the same round trips as a warm exit. Errors are kept until both ended (a task
+        # group would bundle them): the rules' first, as when the reads ran one after the other.
+        rules_error: list[Exception] = []
+        balance_error: list[Exception] = []
+        read: list[int] = []
+
+        async def reserve_and_read() -> None:
+            try:
+                await self.verify.reserve(attempt_id)
+                read.append(await self.verify.balance(record, settling=settling))
+            except Exception as err:  # noqa: BLE001 - raised below, after the rules' own error
+                balance_error.append(err)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(reserve_and_read)
+            try:
+                fetched = await self.verify.rules(record.token_id)
+            except Exception as err:  # noqa: BLE001 - raised below, once the balance read is cancelled
+                rules_error.append(err)
+                group.cancel_scope.cancel()
+            else:
+                off_tick = _off_tick(price, fetched)
+                if off_tick is not None:
+                    group.cancel_scope.cancel()  # the caller's mistake: the balance read is discarded
+                    return fetched, 0, off_tick
+        if rules_error or balance_error:
+            raise (rules_error or balance_error)[0]
+        return fetched, read[0], None
 
 
 def _off_tick(price: Decimal, rules: MarketRules) -> InvalidValue | None:

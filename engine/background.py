@@ -16,8 +16,8 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from exitguard.book import PositionBook
-from exitguard.errors import ExchangeError, PositionConflict
-from exitguard.exchange.port import Exchange, Fill, SettlementStatus
+from exitguard.errors import ExchangeError, MarketClosed, PositionConflict
+from exitguard.exchange.port import Exchange, Fill, Settlement, SettlementStatus
 from exitguard.position import Position
 from exitguard.reports import Reporter
 from exitguard.states import PositionRecord, micro_to_shares
@@ -31,8 +31,10 @@ class WarmUps:
     """Asks the exchange adapter to look a market up when its position is tracked, so that the first
     exit does not pay for the look-ups (three round trips on a cold Polymarket token)."""
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange, *, on_closed: Callable[[str, str], None] | None = None) -> None:
         self.exchange = exchange
+        self.on_closed = on_closed
+        """Told (token, the exchange's words) when a warm-up finds the market closed (MarketClosed)."""
         self._queue: MemoryObjectSendStream[str] | None = None
         self._loop_thread: int | None = None
 
@@ -74,6 +76,8 @@ class WarmUps:
         try:
             await self.exchange.warm_up(token)
         except Exception as err:  # noqa: BLE001 - a failed warm-up only means the first exit looks up itself
+            if isinstance(err, MarketClosed) and self.on_closed is not None:
+                self.on_closed(token, str(err))  # learned ahead: the first exit of it sends nothing
             emit("market_warm_up_failed", token=token, error=str(err) or type(err).__name__,
                  error_type=type(err).__name__)
 
@@ -114,15 +118,21 @@ class Settlements:
                      error=str(err) or type(err).__name__, error_type=type(err).__name__)
                 continue
             answers[key] = settlement.status
-            if settlement.status is SettlementStatus.PENDING:
-                continue
-            self.book.end_settlement(record, str(settlement.status))
-            if settlement.status is SettlementStatus.SETTLED:
-                emit("exit_settled", key=key, token=record.token_id, order_id=fill.order_id,
-                     shares=micro_to_shares(fill.shares))
-                continue
-            self._failed(record, fill, settlement.returned_shares or fill.shares)
+            self.apply(record, fill, settlement)
         return answers
+
+    def apply(self, record: PositionRecord, fill: Fill, settlement: Settlement) -> None:
+        """Record what the exchange said of a sale's settlement, whether a REST answer (`check`) or an event of its
+        push channel (exitguard.fills) said it: PENDING changes nothing; SETTLED ends the following; FAILED ends it
+        and tracks the returned shares. A sale no longer followed (the other source told first) is left alone."""
+        if settlement.status is SettlementStatus.PENDING or record.key not in self.book.unsettled():
+            return
+        self.book.end_settlement(record, str(settlement.status))
+        if settlement.status is SettlementStatus.SETTLED:
+            emit("exit_settled", key=record.key, token=record.token_id, order_id=fill.order_id,
+                 shares=micro_to_shares(fill.shares))
+            return
+        self._failed(record, fill, settlement.returned_shares or fill.shares)
 
     def _failed(self, record: PositionRecord, fill: Fill, returned: int) -> None:
         self.report.diverge(DivergenceKind.SETTLEMENT_FAILED, record, fill.shares, fill.shares - returned)

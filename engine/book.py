@@ -12,18 +12,20 @@ id of a sell that is no longer in flight is dropped.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import NoReturn
 
 from exitguard.clock import Clock
-from exitguard.errors import EngineClosed, JournalError, PositionConflict, UnknownPosition
+from exitguard.errors import EngineClosed, JournalError, UnknownPosition
 from exitguard.exchange.port import Fill
 from exitguard.journal import Journal, JournaledTransition
+from exitguard.journal.rows import Row, order_row
 from exitguard.position import Position, refuse_future_buy
 from exitguard.states import FINAL_STATES, PositionRecord, State, TransitionRefused, fire, micro_to_shares
 from exitguard.telemetry.logs import emit
-from exitguard.tracking import differences, retrack_conflict, updated
+from exitguard.tracking import differences, new_records, retrack_conflict, updated
 
 
 class PositionBook:
@@ -42,6 +44,10 @@ class PositionBook:
         self._unsettled: dict[str, Fill] = {}
         """Closed positions whose fill is matched on the book but not yet settled on chain."""
         self._reconciling: set[str] = set()
+        self._held: dict[str, list[Row]] = {}
+        """Key -> the steps of its attempt not yet journaled: they go in the commit of its intent or its outcome."""
+        self._intents: dict[str, int] = {}
+        """Key -> the journal ticket of its intent, written and not yet awaited durable (`commit_intent`)."""
         self._noted_at: dict[str, datetime] = {}
         """Key -> wall time the order of its sell in flight was journaled, just before it was posted."""
         self._sent_at: dict[str, datetime] = {}
@@ -106,33 +112,33 @@ class PositionBook:
     def track(self, position: Position) -> PositionRecord | None:
         """A new OPEN position. One live (unfinished) position per key and per token. The same position again
         (a bot re-tracking its book at start) changes nothing and returns None; a different one is refused."""
+        records = self._track((position,), batch=False)
+        return records[0] if records else None
+
+    def track_many(self, positions: Sequence[Position]) -> list[PositionRecord]:
+        """`track` for each, all or none, in one journal write; returns the records that are new."""
+        return self._track(positions, batch=True)
+
+    def _track(self, positions: Sequence[Position], *, batch: bool) -> list[PositionRecord]:
         self._refuse_without_journal()
-        tracked = self._records.get(position.key)
-        if tracked is not None:
-            found = differences(tracked, position)
-            if not found:
-                return None
-            raise retrack_conflict(tracked, found, journaled=self.journal is not None)
-        refuse_future_buy(position, self.clock.wall())
-        holder = self._live_by_token.get(position.token_id)
-        if holder is not None:
-            raise PositionConflict(
-                f"position key={position.key!r}: token_id={position.token_id!r} is already held by live "
-                f"position {holder!r}; the exchange reports one balance per token, so exits would collide"
-            )
-        record = PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
-        if self.journal is not None:
+        records = new_records(positions, self._records.get, self._live_by_token.get, self.clock.wall,
+                              journaled=self.journal is not None, batch=batch)
+        if records and self.journal is not None:
             self._refuse_on_failed_journal()
             try:
-                self.journal.track(record, self.clock.wall())
+                if batch:
+                    self.journal.track_many(records, self.clock.wall())
+                else:
+                    self.journal.track(records[0], self.clock.wall())
             except JournalError as err:
                 # Not tracked: the caller learns it now. A journal that cannot take a track cannot be trusted
                 # with the exits that would follow.
-                self._journal_failed(record, "track", err)
+                self._journal_failed(records[0], "track", err)
                 raise
-        self._records[position.key] = record
-        self._live_by_token[position.token_id] = position.key
-        return record
+        for record in records:
+            self._records[record.key] = record
+            self._live_by_token[record.token_id] = record.key
+        return records
 
     def update(self, key: str, shares: object, last_buy_at: datetime | None) -> None:
         """An OPEN position now holds `shares` (a second buy, a partial fill learned late) and, when given, its
@@ -190,11 +196,17 @@ class PositionBook:
         if isinstance(sent_at, datetime) and record.state is State.SELLING:
             self._sent_at[record.key] = sent_at
         if self.journal is not None:
-            try:
-                self.journal.transition(record, source, trigger, payload, self.clock.wall(),
-                                        order_id=self._order_ids.get(record.key))
-            except JournalError as err:
-                self._transition_not_journaled(record, source, trigger, err)
+            row: Row = (source, record.state, trigger, payload, self.clock.wall())
+            if record.state in (State.VERIFYING, State.SELLING) and record.key not in self._order_ids \
+                    and (trigger == "request_exit" or record.key in self._held):
+                # An attempt's first steps wait for its intent: one commit holds them with the order id (note_order),
+                # or with the outcome when it ends before a sell. A crash before that finds the position OPEN.
+                self._held.setdefault(record.key, []).append(row)
+            else:
+                try:
+                    self._append(record, row, order_id=self._order_ids.get(record.key))
+                except JournalError as err:
+                    self._transition_not_journaled(record, source, trigger, err)
         if record.state is not State.SELLING:
             self._order_ids.pop(record.key, None)
             self._noted_at.pop(record.key, None)
@@ -213,13 +225,33 @@ class PositionBook:
         self._sent_at.pop(record.key, None)
         if self.journal is not None:
             try:
-                self.journal.note_order(record, order_id, noted)
+                self._intents[record.key] = self._append(record, order_row(record, order_id, noted), order_id=order_id)
             except JournalError as err:
-                # The intent is not durable, so the order must not exist: nothing is sent, back to OPEN.
-                self._order_ids.pop(record.key, None)
-                self._noted_at.pop(record.key, None)
-                self._back_to_open(record, "sell_expired", err)
-                raise
+                self._intent_failed(record, err)
+
+    async def commit_intent(self, record: PositionRecord) -> None:
+        """The intent noted for the sell in flight (its request, verified balance and order id: one commit) is durable
+        when this returns: one fsync, off the event loop, shared with the exits waiting for one. Every other write
+        goes without an fsync; why a power loss that takes one sends nothing twice: journal/durable.py. Raises
+        JournalError, the position back to OPEN and nothing sent, when the intent could not be made durable."""
+        ticket = self._intents.pop(record.key, None)
+        if self.journal is not None and ticket is not None:
+            try:
+                await self.journal.durable(ticket)
+            except JournalError as err:
+                self._intent_failed(record, err)
+
+    def _intent_failed(self, record: PositionRecord, err: JournalError) -> NoReturn:
+        # The intent is not durable, so the order must not exist: nothing is sent, back to OPEN.
+        self._order_ids.pop(record.key, None)
+        self._noted_at.pop(record.key, None)
+        self._back_to_open(record, "sell_expired", err)
+        raise err
+
+    def _append(self, record: PositionRecord, row: Row, *, order_id: str | None) -> int:
+        """The position's held steps (see `fire`) and `row`, in one commit; returns its ticket."""
+        assert self.journal is not None
+        return self.journal.append(record, [*self._held.pop(record.key, ()), row], order_id=order_id)
 
     def follow_settlement(self, record: PositionRecord, fill: Fill) -> None:
         """A fill with trade ids is matched on the book, not yet settled on chain: keep it until it is."""
@@ -287,6 +319,7 @@ class PositionBook:
             if sent is not None:
                 self._sent_at[key] = sent
         self._unsettled.update(unsettled)
+        journal.offload()  # from here its checkpoints' fsyncs run off the event loop too
         self.journal, self.journal_closed = journal, False
         return list(records.values()), [
             Position(key=r.key, token_id=r.token_id, shares=micro_to_shares(r.expected), last_buy_at=r.last_buy_at)

@@ -19,6 +19,7 @@ __all__ = [
     "InsufficientBalance",
     "InvalidValue",
     "JournalError",
+    "MarketClosed",
     "NotFilled",
     "OrderKilled",
     "OrderRejected",
@@ -154,6 +155,15 @@ class PermitExpired(NotFilled):
     thread, a rate-limit slot, signing), the permit's verification was older than `permit_max_age`."""
 
     answer = SellAnswer.EXPIRED
+
+
+class MarketClosed(ExchangeError):
+    """The market no longer trades: closed or resolved, its order book gone. Raised for the market's rules
+    (Polymarket: GET /book answers 404 "No orderbook exists ...") and for a sell the exchange refused because
+    of it. Nothing was sold, and no sell of the token can be: its shares are redeemed on chain, not sold."""
+
+    answer = SellAnswer.MARKET_CLOSED
+    definitely_not_filled = True
 
 
 class TransientError(ExchangeError):

@@ -14,8 +14,7 @@ flight and the shutdown (`gate.py`), the kill switch (`control.py`).
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,13 +23,15 @@ from types import TracebackType
 
 import anyio
 
-from exitguard.attempt import Attempt
+from exitguard.attempt import Attempt, Slot
+from exitguard.attempt import attempt_ids as fresh_attempt_ids
 from exitguard.background import Settlements, WarmUps
 from exitguard.book import PositionBook
 from exitguard.clock import Clock, SystemClock
 from exitguard.control import KillSwitch
 from exitguard.errors import EngineClosed, ExitRefused
 from exitguard.exchange.port import Exchange, SettlementStatus
+from exitguard.fills import FillFollower
 from exitguard.gate import Gate
 from exitguard.interrupt import cut_short, settle_interrupted
 from exitguard.journal import Journal
@@ -50,6 +51,7 @@ from exitguard.states import (
     MarketRules,
     PositionRecord,
     State,
+    micro_to_shares,
     parse_excess,
     parse_price,
 )
@@ -125,13 +127,14 @@ class ExitEngine:
         self.divergence = divergence or DivergenceDetector(clock=self.clock)
         self.metrics = EngineMetrics()
         self.settlement_poll_interval = settlement_poll_interval
-        self._attempt_ids = attempt_ids or (lambda: uuid.uuid4().hex)
+        self._attempt_ids = attempt_ids or fresh_attempt_ids()
         self.excess = parse_excess(excess)  # "cap": never sell more than tracked (states.Excess)
         self._book = PositionBook(self.clock)
         self._report = Reporter(self._book, self.metrics, self.divergence)
-        self._warm_ups = WarmUps(exchange)
-        self._settlements = Settlements(exchange, self._book, self._report, self.track, verify_timeout)
         self._verify = Verifier(exchange, self.metrics)
+        # A warm-up that finds the market closed marks it: the first exit then ends MARKET_CLOSED at once.
+        self._warm_ups = WarmUps(exchange, on_closed=self._verify.remember_closed)
+        self._settlements = Settlements(exchange, self._book, self._report, self.track, verify_timeout)
         self._reconciler = Reconciler(exchange, self._book, self._report, self._settlements,
                                       self._verify.fresh_balance, verify_timeout, horizon=lookup_horizon,
                                       post_deadline=sell_timeout, clock=self.clock)
@@ -139,9 +142,11 @@ class ExitEngine:
                                   self._verify.distrust_balance, concurrency=resolve_concurrency,
                                   first_delay=first_delay, max_delay=max_delay)
         self.metrics.unresolved_age = self._resolver.oldest_age
+        self._fills = FillFollower(exchange, self._book, self._settlements, self._resolver, self.clock, self.metrics)
         self._seller = Seller(exchange, self._book, self._report, self._settlements, self.clock, self.metrics,
                               permit_max_age=permit_max_age, timeout=sell_timeout,
-                              distrust_balance=self._verify.distrust_balance, distrust_rules=self._verify.forget_rules)
+                              distrust_balance=self._verify.distrust_balance, distrust_rules=self._verify.forget_rules,
+                              remember_closed=self._verify.remember_closed)
         self._attempt = Attempt(self._verify, self._book, self._report, self._seller, self.clock, self.metrics,
                                 verify_timeout=verify_timeout, settlement_window=settlement_window, excess=self.excess)
         self._lifetime: AsyncExitStack | None = None
@@ -193,6 +198,7 @@ class ExitEngine:
         lifetime.callback(background.cancel_scope.cancel)
         lifetime.enter_context(self._warm_ups.running(background, self._book.open_tokens()))
         lifetime.enter_context(self._resolver.running(background))
+        self._fills.start(background)  # the exchange's push channel, when it has one (exitguard.fills)
         if self.settlement_poll_interval is not None:
             background.start_soon(self._settlements.poll, self.settlement_poll_interval)
         if self.journal_path is not None:
@@ -224,10 +230,21 @@ class ExitEngine:
         if not isinstance(position, Position):
             raise InvalidValue("position", position, "must be an exitguard Position")
         self._gate.check_track(journaled=self.journal_path is not None)
-        if self._book.track(position) is None:
-            return
-        emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
-        self._warm_ups.request(position.token_id)
+        record = self._book.track(position)
+        if record is not None:
+            self._tracked(record, position.shares)
+
+    def track_many(self, positions: Iterable[Position]) -> None:
+        """`track` for many positions (a bot loading its book): all or none. Each is checked first, and a bad one
+        (not a Position, a conflict, a buy in the future) raises naming it with nothing tracked; one journal
+        write holds them all. Positions already tracked as they are change nothing, as with `track`."""
+        self._gate.check_track(journaled=self.journal_path is not None)
+        for record in self._book.track_many(list(positions)):
+            self._tracked(record, micro_to_shares(record.expected))
+
+    def _tracked(self, record: PositionRecord, shares: Decimal) -> None:
+        emit("position_tracked", key=record.key, token=record.token_id, shares=shares)
+        self._warm_ups.request(record.token_id)
 
     def update(self, key: str, *, shares: Decimal, last_buy_at: datetime | None = None) -> None:
         """An OPEN position now holds `shares` (a second buy, a partial fill learned late); `last_buy_at`, when
@@ -336,7 +353,7 @@ class ExitEngine:
                                 attempt_id=self._attempt_ids())
                 try:
                     assert self._limiter is not None, "the gate is open only while the engine runs"
-                    async with self._limiter:
+                    async with Slot(self._limiter):
                         return self._report.counted(await self._run_attempts(record, reason, price))
                 finally:
                     settle_interrupted(self._book, self._report, record)

@@ -25,10 +25,10 @@ class Position:
     _micro: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("key", "token_id"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise InvalidValue(name, value, "must be a non-empty string")
+        if not isinstance(self.key, str) or not self.key.strip():
+            raise InvalidValue("key", self.key, "must be a non-empty string")
+        if not isinstance(self.token_id, str) or not self.token_id.strip():
+            raise InvalidValue("token_id", self.token_id, "must be a non-empty string")
         micro = shares_to_micro(self.shares, "shares")
         if micro <= 0:
             raise InvalidValue("shares", self.shares, "must be positive")

@@ -41,7 +41,8 @@ def recover(book: PositionBook, restored: list[PositionRecord], *, journal: Path
             report: Reporter) -> RecoverySummary:
     """Make what `restored` (the journal's positions, just loaded into `book`) left in flight truthful.
     `resolve(record)` hands a possibly sent order to the background resolver; `filled_before(token)`
-    hears of each token a journaled fill sold (the exchange's balance cache may still show the shares)."""
+    hears of each token a journaled fill sold or a possibly sent order may have sold (the exchange's balance cache
+    may still show the shares)."""
     reopened: list[str] = []
     resolving: list[str] = []
     for record in restored:
@@ -50,6 +51,9 @@ def recover(book: PositionBook, restored: list[PositionRecord], *, journal: Path
             book.fire(record, settle.trigger, **settle.payload)
         if record.state is State.SELLING:
             resolving.append(record.key)
+            # Its order may have filled, and the fill's own write may be what a power loss took: the exchange's
+            # balance cache may still show the shares sold, so it is refreshed before a reading counts.
+            filled_before(record.token_id)
             # Memory says sent, the exchange has not said: an unknown outcome, as a live lost answer is.
             report.diverge(DivergenceKind.UNKNOWN_OUTCOME, record,
                            record.inflight.shares if record.inflight else None, None)

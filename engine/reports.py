@@ -80,7 +80,8 @@ class Reporter:
     def tell(self, report: Report, record: PositionRecord, context: dict[str, object], between: Span,
              **facts: object) -> None:
         if report.event is not None:
-            emit(report.event, **context, **{name: facts[name] for name in report.facts})
+            hint = {} if report.hint is None else {"hint": report.hint}
+            emit(report.event, **context, **{name: facts[name] for name in report.facts}, **hint)
         if report.divergence is not None:
             self.diverge(report.divergence, record, *between)
 
@@ -101,11 +102,23 @@ class Reporter:
                             between=(record.expected, None))
         return self.ended(record, report, attempts=attempts, price=price, latency=latency, error=error)
 
+    def market_closed(self, record: PositionRecord, err: Exception, price: Decimal, attempts: int,
+                      latency: float) -> ExitResult:
+        """The rules read found the market closed (VERIFYING -> OPEN, nothing read further, nothing sent)."""
+        error = str(err) or "the market no longer trades"
+        self.book.fire(record, "market_closed", reason=error)
+        report = self.after(record, "market_closed", log_fields(record, latency), error=error,
+                            error_type=type(err).__name__)
+        return self.ended(record, report, attempts=attempts, price=price, latency=latency, error=error)
+
     def ended(self, record: PositionRecord, report: Report, **result: Any) -> ExitResult:
-        """The result of an attempt that ended on `report`'s edge; a failed verification is counted."""
+        """The result of an attempt that ended on `report`'s edge; a failed verification is counted. A row's hint
+        ends the result's error, so a bot that only reads the result learns what to do next too."""
         assert report.outcome is not None, "an edge that ends an exit names its outcome"
         if report.outcome is ExitOutcome.VERIFY_FAILED:
             self.metrics.verify_failures += 1
+        if report.hint is not None:
+            result["error"] = "; ".join(part for part in (result.get("error"), report.hint) if part)
         return self.finish(record, report.outcome, **result)
 
     def finish(self, record: PositionRecord, outcome: ExitOutcome, *, attempts: int,

@@ -63,6 +63,9 @@ class Resolver:
         self._resolving: dict[str, anyio.Event] = {}
         self._wake = anyio.Event()
         self._group: anyio.abc.TaskGroup | None = None
+        self.witnessed: Callable[[PositionRecord], bool] = lambda record: False
+        """Whether the exchange already announced a trade or the end of the record's order (exitguard.fills): its
+        first lookup then runs at once instead of after `first_delay`."""
 
     @contextmanager
     def running(self, group: anyio.abc.TaskGroup) -> Iterator[None]:
@@ -76,12 +79,13 @@ class Resolver:
             self._group = None
 
     def submit(self, record: PositionRecord) -> None:
-        """The record's outcome is unknown: look it up again in `first_delay` seconds, then with backoff."""
+        """The record's outcome is unknown: look it up again in `first_delay` seconds (at once when its order was
+        already seen to trade or end), then with backoff."""
         key = record.key
         if not record.unresolved or key in self._since:
             return
         self._since[key] = self.clock.monotonic()
-        self._plan(key, self.first_delay)
+        self._plan(key, self.first_delay, at_once=self.witnessed(record))
 
     def oldest_age(self) -> float:
         """Seconds since the oldest unresolved outcome became unknown (0 when there is none)."""
@@ -144,9 +148,10 @@ class Resolver:
              retry_in_s=round(max(0.0, self._planned[key][1] - now), 3),
              unresolved_for_s=round(now - self._since[key], 3), error=error)
 
-    def _plan(self, key: str, delay: float) -> None:
+    def _plan(self, key: str, delay: float, *, at_once: bool = False) -> None:
+        """Look the key up in `delay` seconds (now, if `at_once`: the backoff still counts from `delay`)."""
         self._delay[key] = delay
-        at = self.clock.monotonic() + delay
+        at = self.clock.monotonic() + (0.0 if at_once else delay)
         sequence = next(self._sequence)
         self._planned[key] = (sequence, at)
         heapq.heappush(self._due, (at, sequence, key))

@@ -36,11 +36,13 @@ from exitguard.telemetry.metrics import EngineMetrics
 class Seller:
     """Sells for one engine. What an answer teaches beyond the trigger (states.AnswerEffect) is carried out
     by the engine's callbacks: `distrust_balance(token)` (the next verification refreshes the exchange's
-    cache first), `distrust_rules(token)` (the next attempt asks for the market's rules again)."""
+    cache first), `distrust_rules(token)` (the next attempt asks for the market's rules again),
+    `remember_closed(token)` (the market no longer trades: later exits of it end at once, nothing sent)."""
 
     def __init__(self, exchange: Exchange, book: PositionBook, report: Reporter, settlements: Settlements,
                  clock: Clock, metrics: EngineMetrics, *, permit_max_age: float, timeout: float,
-                 distrust_balance: Callable[[str], None], distrust_rules: Callable[[str], None]) -> None:
+                 distrust_balance: Callable[[str], None], distrust_rules: Callable[[str], None],
+                 remember_closed: Callable[[str], None]) -> None:
         self.exchange = exchange
         self.book = book
         self.report = report
@@ -52,6 +54,7 @@ class Seller:
         self.effects: dict[AnswerEffect, Callable[[str], None]] = {
             AnswerEffect.REFRESH_BALANCE_FIRST: distrust_balance,
             AnswerEffect.FORGET_MARKET_RULES: distrust_rules,
+            AnswerEffect.REMEMBER_MARKET_CLOSED: remember_closed,
         }
 
     async def sell(self, record: PositionRecord, price: Decimal, attempts: int,
@@ -67,16 +70,24 @@ class Seller:
         deadline = SellDeadline(permit.verified_at + self.permit_max_age, self.clock.monotonic)
         started = self.clock.monotonic()
         try:
-            with anyio.fail_after(self.timeout):
+            # anyio.fail_after without its generator (a few us per exit): only the deadline cancels this scope.
+            with anyio.CancelScope(deadline=anyio.current_time() + self.timeout) as scope:
                 if self.book.journal is not None:
                     # The order's id is durable before the order exists anywhere else: after a crash,
                     # recovery looks up exactly this order instead of guessing.
                     order_id = await self.exchange.prepare_sell(permit, price)
                     self.book.note_order(record, order_id)
+                    # One fsync (off the event loop) makes the intent durable: the request, the verified balance and
+                    # this order id. Only then is the permit's age judged, for the post that follows at once.
+                    await self.book.commit_intent(record)
+                    if not permit_is_fresh(permit, self.clock.monotonic(), self.permit_max_age):
+                        return self._expired(record, permit, context, attempts, price, latency), False
                 fill = await self.exchange.sell(permit, price, deadline=deadline)
                 if not readable_fill(fill, permit):
                     # The order left and the answer is no fill we can read: it may have executed (issue 11 A.1).
                     raise UnknownOutcome(f"the exchange answered the sell with no readable Fill: {str(fill)[:200]}")
+            if scope.cancelled_caught:
+                raise TimeoutError
         except JournalError:
             raise  # the order id could not be journaled: the book put the position back to OPEN, nothing sent
         except Exception as err:  # noqa: BLE001 - the answer table says what each class of error means

@@ -8,11 +8,12 @@ shrank while OPEN (a second buy, a partial fill learned late) is said so with `u
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from exitguard.errors import PositionConflict
-from exitguard.position import Position
-from exitguard.states import PositionRecord, micro_to_shares
+from exitguard.position import Position, refuse_future_buy
+from exitguard.states import InvalidValue, PositionRecord, micro_to_shares
 
 Difference = tuple[str, object, object]
 """(field, the tracked value, the new value)."""
@@ -28,6 +29,46 @@ def differences(record: PositionRecord, position: Position) -> tuple[Difference,
     if position.last_buy_at != record.last_buy_at:
         found.append(("last_buy_at", _when(record.last_buy_at), _when(position.last_buy_at)))
     return tuple(found)
+
+
+def new_records(positions: Iterable[Position], tracked: Callable[[str], PositionRecord | None],
+                holder: Callable[[str], str | None], now: Callable[[], datetime], *, journaled: bool,
+                batch: bool) -> list[PositionRecord]:
+    """The records `positions` add to a book (`tracked`: its record of a key; `holder`: the live key holding a
+    token), in order. A position already tracked as it is adds nothing; any other problem raises before the book
+    changes, naming the position (with its index in a `batch`), so nothing is ever half-tracked."""
+    records: list[PositionRecord] = []
+    batch_keys: dict[str, PositionRecord] = {}
+    batch_tokens: dict[str, str] = {}
+    wall: datetime | None = None
+    for index, position in enumerate(positions):
+        if batch and not isinstance(position, Position):
+            raise InvalidValue(f"positions[{index}]", position, "must be an exitguard Position")
+        key, token = position.key, position.token_id
+        known = batch_keys.get(key) or tracked(key)
+        if known is not None:
+            found = differences(known, position)
+            if found:
+                raise retrack_conflict(known, found, journaled=journaled)
+            continue
+        if position.last_buy_at is not None:  # the clock is read only when there is a buy to check
+            wall = wall or now()
+            try:
+                refuse_future_buy(position, wall)
+            except InvalidValue as err:
+                if not batch:
+                    raise
+                raise InvalidValue(f"positions[{index}].last_buy_at", err.value, f"key={key!r}: {err.why}") from None
+        taken = batch_tokens.get(token) or holder(token)
+        if taken is not None:
+            raise PositionConflict(
+                f"position key={key!r}: token_id={token!r} is already held by live position {taken!r}; the "
+                "exchange reports one balance per token, so exits would collide")
+        record = PositionRecord(key, token, position.micro_shares, position.last_buy_at)
+        batch_keys[key] = record
+        batch_tokens[token] = key
+        records.append(record)
+    return records
 
 
 def retrack_conflict(record: PositionRecord, found: tuple[Difference, ...], *, journaled: bool) -> PositionConflict:

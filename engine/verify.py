@@ -4,14 +4,21 @@ cache refreshed wherever it may lag (states.balance_refresh decides where).
 A token is marked "refresh first" by what the engine learns about its cache: our own fill on it (or a lookup
 that found one), a refusal for lack of balance. The mark stays until a refresh of that token has succeeded:
 a refresh that fails leaves it for the next verification, so a cache known to be behind is never trusted.
+
+A token whose market no longer trades (closed or resolved, its book gone) is marked closed when the engine learns
+it (a rules read at warm-up or in an attempt, a sell refused for it): from then on its rules read raises
+MarketClosed at once, with nothing asked of the exchange. Nothing clears the mark but a new engine: a Polymarket
+market does not reopen once closed, and a restarted engine learns the state afresh at warm-up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import anyio
 
+from exitguard.errors import MarketClosed
 from exitguard.exchange.port import Exchange
 from exitguard.states import InvalidValue, MarketRules, PositionRecord, balance_refresh, parse_raw_balance
 from exitguard.telemetry.metrics import EngineMetrics
@@ -25,6 +32,18 @@ class Verifier:
         self.metrics = metrics
         self._rules: dict[str, MarketRules] = {}
         self._refresh_first: set[str] = set()
+        self._closed: dict[str, str] = {}
+        """Token -> why its market is known closed (the exchange's words)."""
+        # Optional (port.py, issue 12): adapters written before it keep working without it.
+        self._reserve: Callable[[str], Awaitable[None]] | None = getattr(exchange, "reserve_sell", None)
+
+    # -- the sell's slot ---------------------------------------------------------------------------
+
+    async def reserve(self, attempt_id: str) -> None:
+        """Take the attempt's rate-limit slot before the balance is read, where the exchange offers it: a wait
+        for the slot then ages no permit. Raises what the adapter raises (a failed verification: nothing sent)."""
+        if self._reserve is not None:
+            await self._reserve(attempt_id)
 
     # -- the balance -------------------------------------------------------------------------------
 
@@ -36,14 +55,16 @@ class Verifier:
         """Whether the token is marked "refresh first" (no refresh has succeeded since it was marked)."""
         return token in self._refresh_first
 
-    async def balance(self, record: PositionRecord) -> int:
+    async def balance(self, record: PositionRecord, *, settling: bool) -> int:
         """The exchange's balance for the record's token in micro-shares, refreshed first where the cache
-        may lag (a mark, or a first reading other than the shares the position holds)."""
+        may lag (states.balance_refresh: a mark; a first reading below the shares held while the last buy
+        settles (`settling`), or above them)."""
         token = record.token_id
-        if balance_refresh(marked=token in self._refresh_first, reading=None, expected=record.expected):
+        if balance_refresh(marked=token in self._refresh_first, reading=None, expected=record.expected,
+                           settling=settling):
             return await self.fresh_balance(token)
         reading = await self._read(token)
-        if balance_refresh(marked=False, reading=reading, expected=record.expected) is not None:
+        if balance_refresh(marked=False, reading=reading, expected=record.expected, settling=settling) is not None:
             return await self.fresh_balance(token)
         return reading
 
@@ -74,10 +95,26 @@ class Verifier:
         with anyio.fail_after(timeout):
             return await self.rules(token)
 
+    def remember_closed(self, token: str, why: str = "") -> None:
+        """The token's market no longer trades: every later rules read of it raises MarketClosed at once."""
+        self._closed.setdefault(token, why or "the exchange refused a sell: the market no longer trades")
+        self._rules.pop(token, None)
+
+    def check_open(self, token: str) -> None:
+        """Raise MarketClosed, with nothing asked of the exchange, when the token's market is known closed."""
+        why = self._closed.get(token)
+        if why is not None:
+            raise MarketClosed(f"market of token_id={token} known closed since: {why}")
+
     async def rules(self, token: str) -> MarketRules:
+        self.check_open(token)
         rules = self._rules.get(token)
         if rules is None:
-            rules = await self.exchange.market_rules(token)
+            try:
+                rules = await self.exchange.market_rules(token)
+            except MarketClosed as err:
+                self.remember_closed(token, str(err))
+                raise
             if not isinstance(rules, MarketRules):
                 raise InvalidValue(f"market_rules[token_id={token}]", rules, "the exchange returned no MarketRules")
             self._rules[token] = rules

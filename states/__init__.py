@@ -20,6 +20,7 @@ from exitguard.states.outcomes import (
     BALANCE_MISMATCH,
     EXIT_PAUSED,
     FILL_MISMATCH,
+    REDEEM_HINT,
     REPORTS,
     DivergenceKind,
     ExitOutcome,
@@ -38,10 +39,11 @@ from exitguard.states.quantities import (
     shares_to_micro,
 )
 from exitguard.states.record import FINAL_STATES, IN_FLIGHT_STATES, PositionRecord, State
-from exitguard.states.refresh import RefreshReason, balance_refresh
+from exitguard.states.refresh import AFTER_THE_FIRST_READ, Reading, RefreshReason, balance_refresh, in_settlement_window
 from exitguard.states.table import TABLE, TRIGGERS, Edge
 
 __all__ = [
+    "AFTER_THE_FIRST_READ",
     "AnswerEffect",
     "AnswerRule",
     "BALANCE_MISMATCH",
@@ -57,8 +59,10 @@ __all__ = [
     "balance_moved_without_fill",
     "conclude",
     "RESOLUTIONS",
+    "REDEEM_HINT",
     "REPORTS",
     "RESTARTED",
+    "Reading",
     "RefreshReason",
     "Report",
     "SELL_ANSWERS",
@@ -92,6 +96,7 @@ __all__ = [
     "exact",
     "parse_excess",
     "balance_refresh",
+    "in_settlement_window",
     "fire",
     "micro_to_shares",
     "parse_price",

@@ -29,6 +29,9 @@ class SellAnswer(StrEnum):
     EXPIRED = "expired"
     """The permit's verification grew older than `permit_max_age` while the order waited to leave (a worker
     thread, a rate-limit slot, signing): the adapter did not send it. Nothing sold; no answer of the exchange."""
+    MARKET_CLOSED = "market_closed"
+    """Refused because the market no longer trades (closed, resolved, its order book gone): nothing sold, and no
+    later sell of the token can be either."""
     UNKNOWN = "unknown"
     """Timeout, lost or unreadable answer: the order may have executed."""
 
@@ -38,6 +41,8 @@ class AnswerEffect(StrEnum):
     """The next verification of the token refreshes the exchange's balance cache before reading it."""
     FORGET_MARKET_RULES = "forget_market_rules"
     """The market's rules may have changed (a tick shrinks near 0 and 1): look them up again."""
+    REMEMBER_MARKET_CLOSED = "remember_market_closed"
+    """The token's market no longer trades: later exits of it end MARKET_CLOSED at once, nothing read or sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,9 @@ SELL_ANSWERS: dict[SellAnswer, AnswerRule] = {
     # Checked by the adapter at the last moment (engine/exchange/port.py SellDeadline): not sent, so no "no" of
     # the exchange either; its own edge says why nothing was sold.
     A.EXPIRED: AnswerRule("sell_expired", retryable=False),
+    # A definite "no" that no retry can turn: the market is gone, the shares are redeemed, not sold. Remembered,
+    # so that no later exit of the token sends an order the exchange must refuse again.
+    A.MARKET_CLOSED: AnswerRule("market_closed", retryable=False, effects=(E.REMEMBER_MARKET_CLOSED,)),
     # Resending blindly could sell the same shares twice: only a lookup may move the position on.
     A.UNKNOWN: AnswerRule("sell_unknown", retryable=False),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from transitions import Machine, MachineError
 
+from exitguard.states.dispatch import compile_machine, dispatch
 from exitguard.states.errors import InvalidValue, TransitionRefused
 from exitguard.states.quiet import QuietMachine
 from exitguard.states.record import PositionRecord, State
@@ -39,10 +40,29 @@ def build_machine() -> Machine:
 
 
 MACHINE = build_machine()
+DISPATCH = compile_machine(MACHINE)
+"""MACHINE's transitions as a lookup table (states/dispatch.py): what `fire` runs."""
 
 
 def fire(record: PositionRecord, trigger: str, **payload: object) -> State:
     """Apply `trigger` to `record` or raise `TransitionRefused`, leaving the record untouched."""
+    required = PAYLOAD.get(trigger)
+    if required is None:
+        raise TransitionRefused(record.key, record.state, trigger, "no such trigger")
+    missing = required - payload.keys()
+    if missing:
+        raise InvalidValue(f"{trigger}.payload", sorted(payload), f"missing {', '.join(sorted(missing))}")
+    before = record.state
+    moved = dispatch(MACHINE, DISPATCH, record, trigger, payload)
+    if moved is None:
+        raise TransitionRefused(record.key, before, trigger, "not allowed from this state")
+    if not moved:
+        raise TransitionRefused(record.key, before, trigger, "no guard passed")
+    return record.state
+
+
+def fire_through_transitions(record: PositionRecord, trigger: str, **payload: object) -> State:
+    """`fire` through `transitions`' own event dispatch: what the compiled table is tested against."""
     required = PAYLOAD.get(trigger)
     if required is None:
         raise TransitionRefused(record.key, record.state, trigger, "no such trigger")

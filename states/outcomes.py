@@ -31,6 +31,9 @@ class ExitOutcome(StrEnum):
     """The sell may or may not have executed; the position stays SELLING until reconciled."""
     PAUSED = "PAUSED"
     """The engine is paused (`ExitEngine.pause`): nothing was read or sent; the position is as it was."""
+    MARKET_CLOSED = "MARKET_CLOSED"
+    """The market no longer trades (closed, resolved, its order book gone): nothing was sold and nothing will
+    be; the position is OPEN and its shares are redeemed on chain once the market resolves, not sold."""
 
 
 class DivergenceKind(StrEnum):
@@ -62,6 +65,9 @@ class Report:
     facts: tuple[str, ...] = ()
     """What the event carries beside the exit's context (docs/log-events.md): the engine hands over what it
     knows and the event takes these."""
+    hint: str | None = None
+    """What the operator does next, when the outcome alone does not say it: the event carries it as `hint`
+    and the result's `error` ends with it."""
 
 
 O, V, S, C, R, D = State.OPEN, State.VERIFYING, State.SELLING, State.CLOSED, State.RECONCILED, State.DUST
@@ -71,6 +77,9 @@ X = ExitOutcome
 VERIFY_FAILED = ("error", "error_type")
 SELL_ANSWER = ("shares", "limit_price", "error", "error_type")
 RESOLVED = ("lookup", "state", "sent", "filled")
+REDEEM_HINT = ("the market no longer trades: redeem the shares on chain once it resolves (they cannot be sold; "
+               "no exit of this token will send an order)")
+CLOSED_MARKET = ("error", "error_type")
 
 REPORTS: dict[tuple[str, State], Report] = {
     ("request_exit", V): Report(None, None, None),
@@ -90,6 +99,9 @@ REPORTS: dict[tuple[str, State], Report] = {
     ("resolved_filled", C): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.CLOSED, RESOLVED),
     ("resolved_not_filled", O): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.NOT_FILLED, RESOLVED),
     ("resolved_gone", R): Report("exit_outcome_resolved", K.UNKNOWN_OUTCOME_RESOLVED, X.ALREADY_EXITED, RESOLVED),
+    # The shares are still held and no sell can ever take them: OPEN, with the hint to redeem, never NOT_FILLED
+    # (a bot would retry it for ever). Learned from the rules read (no book) or from the sell's refusal.
+    ("market_closed", O): Report("exit_market_closed", None, X.MARKET_CLOSED, CLOSED_MARKET, hint=REDEEM_HINT),
 }
 """(trigger, destination) -> what the engine reports after firing it on an exit's path."""
 

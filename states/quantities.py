@@ -16,7 +16,6 @@ from decimal import (
     Context,
     Decimal,
     DivisionByZero,
-    Inexact,
     InvalidOperation,
     Overflow,
     localcontext,
@@ -46,24 +45,42 @@ def exact() -> AbstractContextManager[Context]:
 
 
 def shares_to_micro(value: object, field: str = "shares") -> int:
-    """Exact Decimal/int/str shares -> micro-shares. Refuses floats, NaN, infinities and sub-micro digits."""
+    """Exact Decimal/int/str shares -> micro-shares. Refuses floats, NaN, infinities and sub-micro digits.
+
+    Integer arithmetic on the Decimal's exact ratio: no context is involved (none could round or signal), and at
+    100,000 positions a `localcontext` per call was most of what tracking cost."""
     amount = _decimal(value, field)
-    if amount.copy_abs() > MAX_SHARES:
+    if not amount:
+        return 0
+    # The exponent of the leading digit bounds the magnitude before any integer is built, so an exponent of a
+    # million costs nothing: 10**adjusted <= |amount| < 10**(adjusted + 1).
+    adjusted = amount.adjusted()
+    if adjusted > _MAX_SHARES_DIGITS:
         raise QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_SHARES:.0e} shares")
-    with exact() as context:
-        micro = amount.scaleb(6)
-        # Inexact: digits beyond what even 60 places hold, or an exponent so small it underflowed to 0.
-        finer = context.flags[Inexact] or micro != micro.to_integral_value()
+    if adjusted < -6:
+        raise InvalidValue(field, value, "more than 6 decimal places (finer than one micro-share)")
+    numerator, denominator = amount.as_integer_ratio()  # exact, and no context is involved
+    if abs(numerator) > MAX_SHARES * denominator:
+        raise QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_SHARES:.0e} shares")
+    micro, finer = divmod(numerator * MICRO, denominator)
     if finer:
         raise InvalidValue(field, value, "more than 6 decimal places (finer than one micro-share)")
-    return int(micro)
+    return micro
+
+
+_MAX_SHARES_DIGITS = len(str(MAX_SHARES)) - 1
+"""10**12: its leading digit's exponent."""
 
 
 def micro_to_shares(micro: int) -> Decimal:
-    """Exact shares with no trailing zeros and no exponent: 10000000 -> Decimal("10")."""
-    with exact():
-        value = Decimal(micro).scaleb(-6).normalize()
-        return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
+    """Exact shares with no trailing zeros and no exponent: 10000000 -> Decimal("10").
+
+    Built from its digits: a Decimal made from a string is exact whatever the context."""
+    whole, part = divmod(-micro if micro < 0 else micro, MICRO)
+    sign = "-" if micro < 0 else ""
+    if not part:
+        return Decimal(f"{sign}{whole}")
+    return Decimal(f"{sign}{whole}.{f'{part:06d}'.rstrip('0')}")
 
 
 def parse_raw_balance(value: object, field: str = "balance") -> int:

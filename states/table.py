@@ -66,6 +66,9 @@ TABLE: tuple[Edge, ...] = (
     Edge(V, "balance_fetched", (balance_is_zero_but_unsettled,), O, "zero while the last buy settles: retry later",
          BALANCE, before=verified),
     Edge(V, "verify_failed", (), O, "no sell; the exit may be retried later", _carries("error")),
+    # Not in DESIGN.md's drawing (its public API names MARKET_CLOSED): the rules read found the market closed
+    # (no order book). The shares are still held, to be redeemed; no balance is read and nothing is sent.
+    Edge(V, "market_closed", (), O, "market no longer trades: nothing sent, redeem", _carries("reason")),
     Edge(S, "sell_filled", (sell_answer_pending,), C, "our FOK order filled", _carries("shares"),
          before=(effects.record_sold, *leave_selling)),
     Edge(S, "sell_killed", (sell_answer_pending, exchange_said_no_fill), O, "a retry must verify again",
@@ -73,6 +76,10 @@ TABLE: tuple[Edge, ...] = (
     # Not in DESIGN.md's drawing: the permit went stale before the order left, so nothing was sent. Its own
     # edge because it is no answer of the exchange's: the report says why nothing was sold.
     Edge(S, "sell_expired", (sell_answer_pending,), O, "permit stale before sending: nothing sent",
+         _carries("reason"), before=leave_selling),
+    # Not in DESIGN.md's drawing: the sell was refused because the market closed (its book vanished after the
+    # verification). A definite "no" of its own: never NOT_FILLED, which a bot would retry for ever.
+    Edge(S, "market_closed", (sell_answer_pending,), O, "refused, market closed: nothing sold, redeem",
          _carries("reason"), before=leave_selling),
     # Timeout / lost response: stay, flagged. Resending blindly could sell twice. Internal (no exit
     # callbacks): the permit in flight is what reconciliation looks up.

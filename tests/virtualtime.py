@@ -22,18 +22,22 @@ import selectors
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from exitguard.journal.durable import LogSync
+
 
 class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def select(self, timeout: float | None = None) -> list[Any]:
         ready: list[Any] = super().select(0)
         if ready or timeout == 0:
             return ready
-        if timeout is None:
-            return super().select(None)  # nothing scheduled: only real I/O can wake us
+        if timeout is None or (self.loop is not None and LogSync.waits_on(self.loop)):
+            # Nothing scheduled, or a journal's fsync in flight (a worker thread): only real I/O can wake us.
+            return super().select(None)
         self.now += timeout  # the next timer is due: jump to it
         return []
 
@@ -42,6 +46,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         self._jumping = _JumpingSelector()
         super().__init__(self._jumping)
+        self._jumping.loop = self
 
     def time(self) -> float:
         return self._jumping.now

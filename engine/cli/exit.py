@@ -43,9 +43,11 @@ EXIT_CODES = {
     ExitOutcome.IN_PROGRESS: 1,
     ExitOutcome.PAUSED: 1,  # a paused engine sends nothing: try again once it is resumed
     ExitOutcome.UNKNOWN: 3,
+    ExitOutcome.MARKET_CLOSED: 5,  # no retry can sell: the shares are redeemed on chain
 }
 """0: nothing left to do; 1: nothing sold, try again; 2: bad input or settings, nothing sent;
 3: the sell may have executed, reconcile before anything else; 4: refused at the confirmation prompt;
+5: the market no longer trades, nothing sold and no retry will sell: redeem the shares;
 130: interrupted (Ctrl-C), the position's state printed."""
 
 
@@ -197,7 +199,8 @@ def _paper(args: argparse.Namespace, plan: Plan) -> Venue:
 
 
 async def _exit(venue: Venue, plan: Plan) -> Done:
-    async with ExitEngine(venue.exchange, journal=plan.journal, settlement_poll_interval=None) as engine:
+    async with venue.closing() as exchange, ExitEngine(exchange, journal=plan.journal,
+                                                      settlement_poll_interval=None) as engine:
         key = _track(engine, plan)
         if key is None:
             return Done(None, None, engine.state(plan.key))

@@ -86,7 +86,8 @@ def _run(args: argparse.Namespace, *, out: TextIO, err: TextIO, environ: Mapping
 
 async def _reconcile(venue: Venue, journal: Path,
                      keys: list[str]) -> tuple[dict[str, tuple[str, ExitResult | None]] | None, bool]:
-    async with ExitEngine(venue.exchange, journal=journal, settlement_poll_interval=None) as engine:
+    async with venue.closing() as exchange, ExitEngine(exchange, journal=journal,
+                                                      settlement_poll_interval=None) as engine:
         states = engine.states()
         for key in keys:
             if key not in states:

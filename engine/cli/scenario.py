@@ -15,6 +15,7 @@ half-played scenario behind. Each line is one object with an "op":
   {"op": "fault", "fault": "balance_lag", "token": "T", "delay": null}
   {"op": "fault", "fault": "corrupt_balance", "token": "T", "raw": "NaN"}
   {"op": "fault", "fault": "latency", "seconds": 0.05}
+  {"op": "fault", "fault": "close_market", "token": "T"}       (its book is gone: exits end MARKET_CLOSED)
 
 Quantities and prices are strings (exact decimals); a JSON float is refused. `copies` > 1 starts that
 many exit() calls on the same position at once (a race). Blank lines and lines starting with # are skipped.
@@ -152,7 +153,7 @@ _OPS: dict[str, dict[str, tuple[bool, Callable[[Any, str], Any]]]] = {
              "copies": (False, bounded_count())},
     "reconcile": {"key": (True, _text)},
     "fault": {"fault": (True, _choice(("fail_next", "lose_sell_response", "balance_lag", "corrupt_balance",
-                                       "latency"))),
+                                       "latency", "close_market"))),
               "operation": (False, _choice(OPERATIONS)), "error": (False, _choice(tuple(FAULT_ERRORS))),
               "count": (False, bounded_count()), "token": (False, _text), "delay": (False, _seconds),
               "raw": (False, _raw), "seconds": (False, _seconds)},
@@ -160,7 +161,7 @@ _OPS: dict[str, dict[str, tuple[bool, Callable[[Any, str], Any]]]] = {
 """op -> field -> (required, converter(value, field_name))."""
 
 _FAULT_NEEDS = {"fail_next": ("operation",), "balance_lag": ("token",), "corrupt_balance": ("token", "raw"),
-                "latency": ("seconds",), "lose_sell_response": ()}
+                "latency": ("seconds",), "lose_sell_response": (), "close_market": ("token",)}
 
 
 def parse_scenario(text: str, source: str = "<scenario>") -> list[Step]:
@@ -359,3 +360,5 @@ def _inject(paper: PaperExchange, args: dict[str, Any]) -> None:
         paper.corrupt_next_balance(args["token"], args["raw"])
     elif fault == "latency":
         paper.latency = args["seconds"] or 0.0
+    elif fault == "close_market":
+        paper.close_market(args["token"])

@@ -4,7 +4,8 @@ and the journal it keeps. Shared by `exit`, `reconcile` and `check`."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,18 @@ class Venue:
     name: str
     """For messages: "the paper exchange", or the host, chain and address traded."""
     live: bool
+    """Built here from the POLYMARKET_* settings: the command owns it and closes it (`closing`)."""
+
+    @asynccontextmanager
+    async def closing(self) -> AsyncIterator[Exchange]:
+        """The exchange for one command's event loop; a live one's connections are closed when the block ends. An
+        exchange the caller passed in is the caller's to close."""
+        try:
+            yield self.exchange
+        finally:
+            close = getattr(self.exchange, "aclose", None)
+            if self.live and close is not None:
+                await close()
 
 
 def live(environ: Mapping[str, str] | None, **options: object) -> tuple[PolymarketExchange, PolymarketSettings, str]:

@@ -1,8 +1,9 @@
 """The paper exchange: the embedded default for the demo, the tests and users' own tests.
 
-It behaves like the real one where it matters to an exit: balances in raw 6-decimal units, resting
-bids with a fill-or-kill model, tick size and minimum order size per token, and the faults that
-break naive exit code (latency, injected errors, a lagging balance cache, a lost response).
+It behaves like the real one where it matters to an exit: balances in raw 6-decimal units, in the ledger the
+token's id names (CTF or Protocol V2's PositionManager: paper_ledger.py), resting bids with a fill-or-kill model,
+tick size and minimum order size per token, and the faults that break naive exit code (latency, injected errors,
+a lagging balance cache, a lost response).
 Every call yields to the event loop, as a network call does.
 """
 
@@ -28,6 +29,8 @@ from exitguard.errors import (
     TransientError,
     UnknownOutcome,
 )
+from exitguard.exchange.paper_ledger import PaperLedgers
+from exitguard.exchange.paper_markets import PaperMarketStates
 from exitguard.exchange.paper_orders import PaperOrderView, PaperTradeAudit
 from exitguard.exchange.port import Fill, LookupStatus, SellDeadline, SellLookup, Settlement, SettlementStatus
 from exitguard.exchange.rules import market_rules
@@ -71,7 +74,7 @@ class PaperSell:
     """When the order left the caller's hands (this exchange's clock), after any wait for a send slot."""
 
 
-class PaperExchange(PaperTradeAudit):
+class PaperExchange(PaperLedgers, PaperMarketStates, PaperTradeAudit):
     """An in-memory exchange. `latency` seconds are added to every call (half before the exchange acts,
     half after), so concurrent calls interleave as they would over a network.
 
@@ -98,14 +101,10 @@ class PaperExchange(PaperTradeAudit):
         self.sells_in_flight: defaultdict[str, int] = defaultdict(int)
         self.max_sells_in_flight = 0
         """Most sells of one token the exchange was processing at once (a test invariant: 1)."""
-        self._chain: dict[str, int] = {}
-        self._cached: dict[str, int] = {}
-        self._changed_at: dict[str, float] = {}
-        self._lag: dict[str, float | None] = {}
+        PaperLedgers.__init__(self)
         self._bids: dict[str, list[tuple[Decimal, int]]] = {}
         self._rules: dict[str, MarketRules] = {}
         self._failures: dict[str, deque[ExchangeError]] = defaultdict(deque)
-        self._raw_balances: dict[str, deque[object]] = defaultdict(deque)
         self._lost_responses = 0
         self._used_attempts: set[str] = set()
         self._orders = 0
@@ -120,17 +119,6 @@ class PaperExchange(PaperTradeAudit):
         self._orders_view = PaperOrderView(self.clock.monotonic, self.clock.wall)
 
     # -- setting up the market -------------------------------------------------------------------
-
-    def set_balance(self, token_id: str, shares: object) -> None:
-        """Shares held on chain. With a balance lag on the token, `get_balance` shows it later."""
-        micro = shares_to_micro(shares, "shares")
-        if micro < 0:
-            raise InvalidValue("shares", shares, "must not be negative")
-        self._set_chain(token_id, micro)
-
-    def balance(self, token_id: str) -> Decimal:
-        """The true (chain) balance, whatever the exchange's cache says."""
-        return micro_to_shares(self._chain.get(token_id, 0))
 
     def set_bids(self, token_id: str, bids: list[tuple[object, object]]) -> None:
         """Resting bids as (price, size) pairs; a FOK sell fills against those at or above its limit."""
@@ -157,12 +145,6 @@ class PaperExchange(PaperTradeAudit):
         parse_count(count, "count")
         for _ in range(count):
             self._failures[operation].append(error or TransientError("paper: injected failure", status=503))
-
-    def lag_balance(self, token_id: str, delay: float | None = None) -> None:
-        """From now on, a change to the token's balance shows in `get_balance` only after `delay` seconds
-        (None: only after `refresh_balance`), as the real exchange's balance cache lags fills."""
-        self._lag[token_id] = delay
-        self._cached.setdefault(token_id, self._chain.get(token_id, 0))
 
     def lose_next_sell_response(self, count: int = 1) -> None:
         """The next `count` sells are executed, then the caller gets an UnknownOutcome instead of the answer."""
@@ -200,24 +182,17 @@ class PaperExchange(PaperTradeAudit):
                 self._set_chain(token, self._chain.get(token, 0) + shares)
         return chosen
 
-    def corrupt_next_balance(self, token_id: str, raw: object) -> None:
-        """The next balance read for the token returns `raw` as-is (e.g. "-5", "NaN", "abc", None)."""
-        self._raw_balances[token_id].append(raw)
-
     # -- the exchange port -------------------------------------------------------------------------
 
     async def get_balance(self, token_id: str) -> object:
         await self._request("get_balance", token_id)
-        if self._raw_balances[token_id]:
-            raw = self._raw_balances[token_id].popleft()
-        else:
-            raw = str(self._visible_balance(token_id))
+        raw = self._read_ledger(token_id)  # paper_ledger.py: in the ledger the id names
         await self._reply()
         return raw
 
     async def refresh_balance(self, token_id: str) -> None:
         await self._request("refresh_balance", token_id)
-        self._cached[token_id] = self._chain.get(token_id, 0)
+        self._refresh_ledger(token_id)
         await self._reply()
 
     async def market_rules(self, token_id: str) -> MarketRules:
@@ -229,6 +204,7 @@ class PaperExchange(PaperTradeAudit):
     async def warm_up(self, token_id: str) -> None:
         # Nothing to look up ahead on paper; not recorded in `calls`, which lists exchange traffic.
         await anyio.lowlevel.checkpoint()
+        self.refuse_if_closed("market_rules", token_id)  # paper_markets.py: a closed market's book is gone
 
     async def settlement(self, fill: Fill) -> Settlement:
         await self._request("settlement", self._pending.get(fill.order_id, ("", 0))[0])
@@ -306,6 +282,7 @@ class PaperExchange(PaperTradeAudit):
         await self._wait(self.latency / 2)
         if self._failures[operation]:
             raise self._failures[operation].popleft()
+        self.refuse_if_closed(operation, token_id)
 
     async def _reply(self) -> None:
         await self._wait(self.latency / 2)
@@ -323,22 +300,6 @@ class PaperExchange(PaperTradeAudit):
             self._orders += 1
             order_id = self._prepared[attempt_id] = f"paper-{self._orders}"
         return order_id
-
-    def _set_chain(self, token_id: str, micro: int) -> None:
-        self._chain[token_id] = micro
-        if token_id in self._lag:
-            self._changed_at[token_id] = self.clock.monotonic()
-        else:
-            self._cached[token_id] = micro
-
-    def _visible_balance(self, token_id: str) -> int:
-        if token_id not in self._lag:
-            return self._chain.get(token_id, 0)
-        delay = self._lag[token_id]
-        changed = self._changed_at.get(token_id)
-        if delay is not None and changed is not None and self.clock.monotonic() - changed >= delay:
-            self._cached[token_id] = self._chain.get(token_id, 0)
-        return self._cached.get(token_id, 0)
 
     def _execute(self, permit: SellPermit, limit_price: Decimal) -> Fill | ExchangeError:
         token, shares = permit.token_id, permit.shares

@@ -28,6 +28,16 @@ slot then (waiting for it if it must), so that the sell that follows a fresh ver
 of waiting for a slot while its permit ages. `sell(permit)` with `permit.attempt_id` uses the slot reserved for
 that attempt; a reservation that no sell uses is dropped by the adapter after a while (the slot is spent, as a
 conservative pacer would). Without it, the adapter paces inside `sell` as before.
+
+Added on purpose in issue 12, optional in the same way: `async def follow_fills(self, notify: Callable[[ExchangeNotice],
+None]) -> None`. It runs until cancelled (in the engine's task group), follows the exchange's push channel and hands
+the engine port-level `ExchangeNotice`s: an order traded, a trade of an order failed on chain (its shares returned) or
+settled, and "(re)connected" (the channel replays nothing: the engine backfills from the REST reads) or
+"disconnected". `notify` is called on the engine's event loop and never blocks. A malformed event or a refused
+subscription is the adapter's to log; it never raises out of `follow_fills` for one (it reconnects with backoff). The
+engine acts on a notice only through the paths a REST answer takes (exitguard.fills): a settlement is recorded as
+`Settlements` records a polled one, and an unknown outcome is looked up at once by the reconciler, never decided by
+the notice alone; nothing in it leads to a sell. Without it, settlement is polled as before.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from typing import Protocol, runtime_checkable
 from exitguard.errors import PermitExpired
 from exitguard.states import LookupStatus, MarketRules, SellPermit
 
-__all__ = ["Exchange", "Fill", "LookupStatus", "SellDeadline", "SellLookup", "Settlement", "SettlementStatus"]
+__all__ = ["Exchange", "ExchangeNotice", "Fill", "LookupStatus", "NoticeKind", "SellDeadline", "SellLookup",
+           "Settlement", "SettlementStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,34 @@ class Settlement:
     status: SettlementStatus
     returned_shares: int = 0
     """Micro-shares handed back by failed trades (only when FAILED)."""
+
+
+class NoticeKind(StrEnum):
+    TRADED = "traded"
+    """Order `order_id` (token `token_id`) has a trade: it filled, wholly or in part."""
+    ORDER_ENDED = "order_ended"
+    """Order `order_id` (token `token_id`) was cancelled or killed: what it sold, if anything, a lookup says."""
+    TRADE_FAILED = "trade_failed"
+    """Trade `trade_id` of order `order_id` failed on chain: `returned_shares` went back to the seller."""
+    TRADE_SETTLED = "trade_settled"
+    """Trade `trade_id` of order `order_id` is mined or confirmed on chain."""
+    CONNECTED = "connected"
+    """The channel is (re)connected and subscribed. Nothing that happened while it was down is replayed: backfill
+    from the REST reads now."""
+    DISCONNECTED = "disconnected"
+    """The channel is down (the adapter reconnects with backoff); until CONNECTED, polling is the only source."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeNotice:
+    """What the exchange's push channel said, at port level (see `follow_fills` in this module's docstring)."""
+
+    kind: NoticeKind
+    order_id: str | None = None
+    trade_id: str | None = None
+    token_id: str | None = None
+    returned_shares: int = 0
+    """Micro-shares the failed trade handed back (TRADE_FAILED; 0 when the event did not say)."""
 
 
 @runtime_checkable

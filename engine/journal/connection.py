@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import urlencode
 
+from exitguard.journal.durable import LogSync
 from exitguard.journal.lock import FileUse
 
 
@@ -22,12 +23,13 @@ def uri(path: Path, **params: str) -> str:
 class Closer:
     """How a journal ends, kept apart from the Journal so that its finalizer does not keep it alive."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection, use: FileUse, *, readonly: bool) -> None:
-        self.path, self.db, self.use, self.readonly = path, db, use, readonly
+    def __init__(self, path: Path, db: sqlite3.Connection, use: FileUse, log: LogSync, *, readonly: bool) -> None:
+        self.path, self.db, self.use, self.log, self.readonly = path, db, use, log, readonly
         self.failed: str | None = None
 
     def close(self) -> None:
         try:
+            self.log.stop()  # a checkpoint's window ends (its deferred writes made) before the connection does
             if self.readonly:
                 self.db.close()
             elif self.failed is not None or not self._mark_clean():

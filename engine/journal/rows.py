@@ -7,6 +7,7 @@ file) raises ValueError/TypeError here, and the journal turns that into a Journa
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -61,6 +62,39 @@ class JournaledPosition:
             residual=self.residual, unresolved=self.unresolved, inflight=self.permit, avg_price=self.avg_price,
             filled_order_id=self.filled_order_id,
         )
+
+
+Row = tuple[State | None, State, str, dict[str, object], datetime]
+"""A transition as the book hands it to the journal: source (None: a track), destination, trigger, payload, time."""
+
+
+def insert_rows(db: Any, record: PositionRecord, rows: Sequence[Row], *, order_id: str | None,
+                unsettled: Fill | None) -> None:
+    """The transitions' rows and the position's current row, inside the caller's transaction."""
+    seq = None
+    for source, dest, trigger, payload, wall_time in rows:
+        seq = db.execute(
+            "INSERT INTO transitions (key, source, dest, trigger, payload, wall_time) VALUES (?, ?, ?, ?, ?, ?)",
+            (record.key, None if source is None else str(source), str(dest), trigger,
+             json.dumps(plain(payload), sort_keys=True), wall_time.isoformat())).lastrowid
+    permit = record.inflight or record.permit
+    db.execute(
+        "INSERT OR REPLACE INTO positions (key, token_id, expected, last_buy_at, state, attempts, attempt_id, "
+        "reason, limit_price, verified_balance, sold, residual, unresolved, permit, order_id, seq, unsettled, "
+        "avg_price, filled_order_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (record.key, record.token_id, record.expected,
+         None if record.last_buy_at is None else record.last_buy_at.isoformat(), str(record.state),
+         record.attempts, record.attempt_id, record.reason,
+         None if record.limit_price is None else str(record.limit_price), record.verified_balance,
+         record.sold, record.residual, int(record.unresolved), permit_json(permit), order_id,
+         seq, fill_json(unsettled), None if record.avg_price is None else str(record.avg_price),
+         record.filled_order_id))
+
+
+def order_row(record: PositionRecord, order_id: str, wall_time: datetime) -> Row:
+    """The order about to be posted for the attempt in flight, with the wall time it was noted at."""
+    return (record.state, record.state, "order_signed", {"order_id": order_id, "attempt_id": record.attempt_id},
+            wall_time)
 
 
 def plain(value: object) -> object:

@@ -6,6 +6,12 @@ apart from an old journal before anything is written; `user_version` holds the s
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+from exitguard.errors import JournalError
+from exitguard.journal.connection import rollback
+
 APPLICATION_ID = 0x45584744
 """b"EXGD": written into the SQLite header of every journal."""
 
@@ -70,5 +76,51 @@ MIGRATIONS: dict[int, list[str]] = {
         # has found every sale of ours since then in the journal (journal/audit.py); NULL when none is pending. In
         # v3 in place, as above.
         "ALTER TABLE journal_state ADD COLUMN audit_since TEXT",
+        # How many times the journal restarted its write-ahead log (journal/durable.py): the commit that restarts it
+        # must change a page, and counting is that change. In v3 in place, as above.
+        "ALTER TABLE journal_state ADD COLUMN log_restarts INTEGER NOT NULL DEFAULT 0",
     ],
 }
+
+
+def check_schema(path: Path, db: sqlite3.Connection, *, writable: bool) -> None:
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if writable:
+            # Corruption inside pages shows up here, before anything is written.
+            problem = db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise JournalError(path, f"corrupted ({problem})")
+    except sqlite3.Error as err:
+        raise JournalError(path, f"corrupted or not a journal ({err})") from None
+    if app_id == 0 and version == 0 and not tables:
+        if not writable:
+            raise JournalError(path, "empty: not a journal yet")
+        migrate(path, db, 0)
+        return
+    if app_id != APPLICATION_ID:
+        raise JournalError(path, f"not an exitguard journal (application_id {app_id:#x}, tables "
+                                 f"{', '.join(sorted(tables)) or 'none'}); nothing was changed")
+    if version > SCHEMA_VERSION:
+        raise JournalError(path, f"schema version {version} is newer than this exitguard understands "
+                                 f"({SCHEMA_VERSION}); upgrade exitguard; nothing was changed")
+    if version < SCHEMA_VERSION:
+        if not writable:
+            raise JournalError(path, f"schema version {version} needs migrating; open it with an engine")
+        migrate(path, db, version)
+
+def migrate(path: Path, db: sqlite3.Connection, start: int) -> None:
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("BEGIN IMMEDIATE")
+        for version in range(start + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except sqlite3.Error as err:
+        rollback(db)
+        raise JournalError(path, f"cannot write ({err}); nothing was changed") from None

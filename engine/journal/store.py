@@ -1,22 +1,22 @@
-"""The write-ahead journal: every transition of every position, durable before the engine acts on it.
+"""The write-ahead journal: every transition of every position, in the log before the engine acts on it.
 
-SQLite in WAL mode with `synchronous=FULL`: a transaction is on disk when `commit` returns, so a
-SELLING row (with its permit and order id) exists before the order it describes is posted. Two tables:
-`transitions`, append-only (the audit trail), and `positions`, the current state (what recovery reads).
-Both change in one transaction per transition. A lost or cut log is detected at the next start (wal.py).
+SQLite in WAL mode with `synchronous=NORMAL`: a commit is in the log file when `commit` returns (a killed process
+loses nothing) and durable once an fsync of the log has followed it; journal/durable.py makes that fsync off the
+event loop, and the engine waits for it before an order is posted, so the intent (the SELLING row with its permit
+and order id) is on disk before the order it describes exists. Two tables: `transitions`, append-only (the audit
+trail), and `positions`, the current state (what recovery reads). Both change in one commit per write. A lost or cut
+log is detected at the next start (wal.py).
 
 Every SQLite error, at open, read or write, leaves as a JournalError naming the file: a damaged journal
 is never a raw `sqlite3` traceback. A write that fails raises and changes nothing; the engine's position
-book decides what that means for the position (book.py) and may mark the journal `failed`.
-"""
+book decides what that means for the position (book.py) and may mark the journal `failed`."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -33,19 +33,20 @@ from exitguard.journal.connection import (
     try_connect,
     uri,
 )
+from exitguard.journal.durable import LogSync
 from exitguard.journal.lock import FileUse, JournalLock
 from exitguard.journal.rows import (
     POSITION_COLUMNS,
     JournaledPosition,
     JournaledTransition,
-    fill_json,
-    permit_json,
-    plain,
+    Row,
+    insert_rows,
+    order_row,
     position_of,
     transition_of,
 )
-from exitguard.journal.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from exitguard.journal.wal import BUSY_TIMEOUT_MS, CHECKPOINT_EVERY, WAL_HEADER, check_log, log_size
+from exitguard.journal.schema import check_schema
+from exitguard.journal.wal import BUSY_TIMEOUT_MS, CHECKPOINT_EVERY, WAL_HEADER, check_log, log_path, log_size
 from exitguard.states import PositionRecord, State
 
 __all__ = ["Journal", "JournaledPosition", "JournaledTransition"]
@@ -66,7 +67,10 @@ class Journal:
         """After an unclean stop, until an audit against the exchange passes (journal/audit.py): when the newest
         write that survived the stop was made (ISO text, as written); None when no audit is pending."""
         self._since_checkpoint = 0
-        self._closer = Closer(path, connection, use, readonly=readonly)
+        self._offloaded = False
+        self.durability = LogSync(path, log_path(path), self.mark_failed)
+        """Tickets of the writes and the fsyncs that make them durable (journal/durable.py)."""
+        self._closer = Closer(path, connection, use, self.durability, readonly=readonly)
         # A journal dropped unclosed (a script that never closes it, an interpreter exit) closes as `close`
         # does: left to SQLite, the connection's end would checkpoint and remove the log of an unclean file.
         self._finalizer = weakref.finalize(self, self._closer.close)
@@ -99,7 +103,7 @@ class Journal:
                 check_log(path, *state, size)
             db = cls._connect(path, uri(path, mode="rwc"))
             try:
-                cls._check(path, db, writable=True)
+                check_schema(path, db, writable=True)
                 journal = cls(path, db, lock, readonly=False)
                 journal._mark_open()
             except BaseException:
@@ -131,7 +135,7 @@ class Journal:
             except sqlite3.Error as err:
                 raise JournalError(path, f"not a readable SQLite journal ({err})") from None
             try:
-                cls._check(path, db, writable=False)
+                check_schema(path, db, writable=False)
             except BaseException:
                 db.close()
                 raise
@@ -152,55 +156,12 @@ class Journal:
         except sqlite3.Error as err:
             raise JournalError(path, f"not a readable SQLite journal ({err})") from None
 
-    @staticmethod
-    def _check(path: Path, db: sqlite3.Connection, *, writable: bool) -> None:
-        try:
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if writable:
-                # Corruption inside pages shows up here, before anything is written.
-                problem = db.execute("PRAGMA quick_check").fetchone()[0]
-                if problem != "ok":
-                    raise JournalError(path, f"corrupted ({problem})")
-        except sqlite3.Error as err:
-            raise JournalError(path, f"corrupted or not a journal ({err})") from None
-        if app_id == 0 and version == 0 and not tables:
-            if not writable:
-                raise JournalError(path, "empty: not a journal yet")
-            Journal._migrate(path, db, 0)
-            return
-        if app_id != APPLICATION_ID:
-            raise JournalError(path, f"not an exitguard journal (application_id {app_id:#x}, tables "
-                                     f"{', '.join(sorted(tables)) or 'none'}); nothing was changed")
-        if version > SCHEMA_VERSION:
-            raise JournalError(path, f"schema version {version} is newer than this exitguard understands "
-                                     f"({SCHEMA_VERSION}); upgrade exitguard; nothing was changed")
-        if version < SCHEMA_VERSION:
-            if not writable:
-                raise JournalError(path, f"schema version {version} needs migrating; open it with an engine")
-            Journal._migrate(path, db, version)
-
-    @staticmethod
-    def _migrate(path: Path, db: sqlite3.Connection, start: int) -> None:
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("BEGIN IMMEDIATE")
-            for version in range(start + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    db.execute(statement)
-            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except sqlite3.Error as err:
-            rollback(db)
-            raise JournalError(path, f"cannot write ({err}); nothing was changed") from None
-
     def _mark_open(self) -> None:
         """Make the main file say "unclean" (wal.py) and prove the file writable now, not at the first sell."""
         try:
             self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
+            # No fsync at a commit: one fsync of the log makes every commit before it durable (journal/durable.py).
+            self._db.execute("PRAGMA synchronous = NORMAL")
             # macOS's fsync leaves the data in the drive's cache; F_FULLFSYNC flushes it. A no-op elsewhere.
             self._db.execute("PRAGMA fullfsync = ON")
             self._db.execute("PRAGMA checkpoint_fullfsync = ON")
@@ -223,6 +184,15 @@ class Journal:
         if busy or frames != copied:
             raise JournalError(self.path, f"a reader kept the journal busy for {BUSY_TIMEOUT_MS / 1000:g}s: the "
                                           "open mark could not reach the main file; try again")
+        try:
+            # The log restarts at the first commit after a complete checkpoint, and fsyncs its new header then: here,
+            # at the open, rather than at the engine's first write on its event loop (journal/durable.py).
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE journal_state SET log_restarts = log_restarts + 1")
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            rollback(self._db)
+            raise JournalError(self.path, f"cannot write ({err}); nothing was changed") from None
 
     def close(self) -> None:
         """A healthy engine journal is marked clean and its log emptied; any other closes as it stands."""
@@ -235,73 +205,112 @@ class Journal:
 
     def audit_passed(self) -> None:
         """The exchange showed no sale of ours that the journal does not know (journal/audit.py): none is pending."""
-        with self._transaction():
-            self._db.execute("UPDATE journal_state SET audit_since = NULL")
+        self._submit(lambda: self._db.execute("UPDATE journal_state SET audit_since = NULL"))
         self.audit_since = None
 
     # -- writing -----------------------------------------------------------------------------------
+    # Every write is one commit without an fsync (journal/durable.py): in the log file when it returns, durable once
+    # `flush` or `durable` returns for its ticket. Each returns that ticket.
 
-    def track(self, record: PositionRecord, wall_time: datetime) -> None:
-        self._write(record, None, "track", {"expected": record.expected,
-                                             "last_buy_at": record.last_buy_at}, wall_time, order_id=None)
+    def track(self, record: PositionRecord, wall_time: datetime) -> int:
+        return self.track_many((record,), wall_time)
+
+    def track_many(self, records: Sequence[PositionRecord], wall_time: datetime) -> int:
+        """Tracks in one commit (`ExitEngine.track_many`): all of them are written, or none is."""
+        def write() -> None:
+            for record in records:
+                insert_rows(self._db, record, [(None, record.state, "track", {
+                    "expected": record.expected, "last_buy_at": record.last_buy_at}, wall_time)],
+                    order_id=None, unsettled=None)
+        return self._submit(write, key=records[0].key if records else "", trigger="track")
 
     def transition(self, record: PositionRecord, source: State, trigger: str, payload: dict[str, object],
-                   wall_time: datetime, *, order_id: str | None = None) -> None:
+                   wall_time: datetime, *, order_id: str | None = None) -> int:
         """`order_id`: the order signed for the attempt in flight, while SELLING (the caller keeps it)."""
-        self._write(record, source, trigger, payload, wall_time,
-                    order_id=order_id if record.state is State.SELLING else None)
+        return self.append(record, [(source, record.state, trigger, payload, wall_time)], order_id=order_id)
 
-    def note_order(self, record: PositionRecord, order_id: str, wall_time: datetime) -> None:
-        """The order about to be posted for the attempt in flight: durable before the post."""
-        self._write(record, record.state, "order_signed", {"order_id": order_id,
-                                                           "attempt_id": record.attempt_id},
-                    wall_time, order_id=order_id)
+    def note_order(self, record: PositionRecord, order_id: str, wall_time: datetime) -> int:
+        """The order about to be posted for the attempt in flight: durable (`durable`/`flush`) before the post."""
+        return self.append(record, [order_row(record, order_id, wall_time)], order_id=order_id)
 
-    def note_update(self, record: PositionRecord, previous_expected: int, wall_time: datetime) -> None:
+    def append(self, record: PositionRecord, rows: Sequence[Row], *, order_id: str | None = None,
+               unsettled: Fill | None = None) -> int:
+        """Transitions of one position in one commit, then its current row. `order_id` is kept while SELLING."""
+        order_id = order_id if record.state is State.SELLING else None
+        return self._submit(lambda: insert_rows(self._db, record, rows, order_id=order_id, unsettled=unsettled),
+                            key=record.key, token=record.token_id, trigger=rows[-1][2])
+
+    def note_update(self, record: PositionRecord, previous_expected: int, wall_time: datetime) -> int:
         """An OPEN position's shares or last buy changed (`ExitEngine.update`): a row of the trail, not a transition."""
-        self._write(record, record.state, "position_updated",
-                    {"expected": record.expected, "previous_expected": previous_expected,
-                     "last_buy_at": record.last_buy_at}, wall_time, order_id=None)
+        return self.append(record, [(record.state, record.state, "position_updated", {
+            "expected": record.expected, "previous_expected": previous_expected,
+            "last_buy_at": record.last_buy_at}, wall_time)])
 
-    def note_settlement(self, record: PositionRecord, fill: Fill | None, event: str, wall_time: datetime) -> None:
+    def note_settlement(self, record: PositionRecord, fill: Fill | None, event: str, wall_time: datetime) -> int:
         """A fill to follow on chain (`fill`), or the end of following it (`fill=None`, event settled/failed)."""
-        self._write(record, record.state, event, {"order_id": None if fill is None else fill.order_id,
-                                                  "trade_ids": [] if fill is None else list(fill.trade_ids)},
-                    wall_time, order_id=None, unsettled=fill)
+        return self.append(record, [(record.state, record.state, event, {
+            "order_id": None if fill is None else fill.order_id,
+            "trade_ids": [] if fill is None else list(fill.trade_ids)}, wall_time)], unsettled=fill)
 
-    def forget(self, key: str) -> None:
-        with self._transaction():
-            self._db.execute("DELETE FROM positions WHERE key = ?", (key,))
+    def forget(self, key: str) -> int:
+        return self._submit(lambda: self._db.execute("DELETE FROM positions WHERE key = ?", (key,)), key=key,
+                            trigger="forget")
 
-    def _write(self, record: PositionRecord, source: State | None, trigger: str, payload: dict[str, object],
-               wall_time: datetime, *, order_id: str | None, unsettled: Fill | None = None) -> None:
-        permit = record.inflight or record.permit
-        with self._transaction():
-            cursor = self._db.execute(
-                "INSERT INTO transitions (key, source, dest, trigger, payload, wall_time) VALUES (?, ?, ?, ?, ?, ?)",
-                (record.key, None if source is None else str(source), str(record.state), trigger,
-                 json.dumps(plain(payload), sort_keys=True), wall_time.isoformat()))
-            self._db.execute(
-                "INSERT OR REPLACE INTO positions (key, token_id, expected, last_buy_at, state, attempts, attempt_id, "
-                "reason, limit_price, verified_balance, sold, residual, unresolved, permit, order_id, seq, unsettled, "
-                "avg_price, filled_order_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.key, record.token_id, record.expected,
-                 None if record.last_buy_at is None else record.last_buy_at.isoformat(), str(record.state),
-                 record.attempts, record.attempt_id, record.reason,
-                 None if record.limit_price is None else str(record.limit_price), record.verified_balance,
-                 record.sold, record.residual, int(record.unresolved), permit_json(permit), order_id,
-                 cursor.lastrowid, fill_json(unsettled),
-                 None if record.avg_price is None else str(record.avg_price), record.filled_order_id))
-        self.writes += 1
+    async def durable(self, ticket: int) -> None:
+        """Return once the write `ticket` and every one before it are on disk: one fsync of the log, in a worker
+        thread, shared by everyone waiting. Raises JournalError when it could not be made (or, written in a
+        checkpoint's window, the write itself failed)."""
+        await self.durability.durable(ticket)
+
+    def flush(self) -> None:
+        """Blocking: every write so far is on disk when this returns (for scripts and tests; the engine awaits
+        `durable`)."""
+        self.durability.sync()
+
+    def quiesce(self) -> None:
+        """Blocking: a checkpoint running in its own thread now has ended when this returns (measurements, tests)."""
+        self.durability.quiesce()
+
+    @property
+    def fsyncs(self) -> int:
+        """fsyncs of the log the journal made itself (SQLite's own, at checkpoints, are not counted here)."""
+        return self.durability.fsyncs
+
+    def offload(self) -> None:
+        """The engine owns the journal from here: its checkpoints run in a thread of their own (journal/durable.py),
+        so that no fsync of SQLite's runs on the event loop."""
+        self._offloaded = True
+
+    def _submit(self, statements: Callable[[], object], *, key: str = "", token: str = "", trigger: str = "") -> int:
+        def write() -> None:
+            with self._transaction():
+                statements()
+            self.writes += 1
+        ticket = self.durability.submit(write, key=key, token=token, trigger=trigger)
+        if self._offloaded and self._since_checkpoint >= CHECKPOINT_EVERY:
+            self.durability.open_window(self._checkpoint)
+        return ticket
+
+    def _checkpoint(self) -> None:
+        """In a window (journal/durable.py): the floor, the checkpoint, and the commit that restarts the log."""
+        self._since_checkpoint = 0
+        try:
+            with self._transaction(floor=True):
+                pass
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._transaction():
+                self._db.execute("UPDATE journal_state SET log_restarts = log_restarts + 1")
+        except (sqlite3.Error, JournalError):
+            pass  # every commit is in the log; copying them into the main file can wait for the next window
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One durable transaction. Any failure rolls it back and raises JournalError: nothing was written."""
+    def _transaction(self, *, floor: bool = False) -> Iterator[None]:
+        """One commit. Any failure rolls it back and raises JournalError: nothing was written."""
         if self.readonly:
             raise JournalError(self.path, "opened read-only")
         if self.failed is not None:
             raise JournalError(self.path, f"failed earlier ({self.failed}); restart the engine on a healthy journal")
-        checkpoint = self._since_checkpoint + 1 >= CHECKPOINT_EVERY
+        checkpoint = floor or (not self._offloaded and self._since_checkpoint + 1 >= CHECKPOINT_EVERY)
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield
@@ -316,13 +325,13 @@ class Journal:
             rollback(self._db)
             raise
         self._since_checkpoint += 1
-        if checkpoint:
+        if checkpoint and not floor:
             self._since_checkpoint = 0
             try:
                 # PASSIVE: never waits for a reader, never shortens the log; a partial copy is completed later.
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error:
-                pass  # the commit is durable in the log; copying it into the main file can wait
+                pass  # the commit is in the log; copying it into the main file can wait
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The write-ahead log is never lost in silence: a clean-shutdown mark in the main file, and a length floor.
 
-How SQLite keeps a WAL-mode file: a commit appends frames to `<journal>-wal` (fsync'd: `synchronous=FULL`);
+How SQLite keeps a WAL-mode file: a commit appends frames to `<journal>-wal` (fsync'd later: journal/durable.py);
 the main file changes only at a checkpoint, which copies committed frames into it. After a crash, the next
 connection replays the log. Delete the log, or cut it short, and every transaction since the last
 checkpoint is gone without an error: the restart would sell positions whose sells it no longer knows about.
@@ -13,6 +13,7 @@ What the journal does about it (the `journal_state` row, one per file):
    does not.
 2. While unclean, the log is never removed or shortened: SQLite's own auto-checkpoint is off
    (`wal_autocheckpoint = 0`), the journal checkpoints itself every CHECKPOINT_EVERY commits in PASSIVE mode
+   (in a thread of its own once an engine owns it: journal/durable.py)
    (which copies frames but leaves the file; the next commit rewrites it from the start, and the file
    never shrinks), and SQLite removes the log only when the last connection closes, after a complete
    checkpoint: at a clean close. A natural crash, SIGKILL or power loss, therefore always leaves the log

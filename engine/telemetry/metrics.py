@@ -106,6 +106,12 @@ class EngineMetrics:
     """Seconds since the oldest unresolved sell outcome became unknown (0 when none), read live: the
     engine's background resolver keeps it (an age that only grows means lookups keep failing)."""
 
+    user_channel_connected: bool | None = None
+    """The exchange's push channel (exitguard.fills): True while connected, False while down (polling alone then),
+    None when the exchange has none."""
+    user_channel_event_age: Callable[[], float | None] = field(default=lambda: None)
+    """Seconds since the channel's last notice (None before the first), read live."""
+
     @property
     def oldest_unresolved_age(self) -> float:
         return self.unresolved_age()
@@ -127,4 +133,6 @@ class EngineMetrics:
             "verify_failures": self.verify_failures,
             "paused": self.paused,
             "oldest_unresolved_age_s": round(self.oldest_unresolved_age, 3),
+            "user_channel_connected": self.user_channel_connected,
+            "user_channel_event_age_s": None if (age := self.user_channel_event_age()) is None else round(age, 3),
         }

@@ -68,6 +68,8 @@ class _Reading:
     balance_refreshes: int
     verify_failures: int
     paused: bool
+    user_channel_connected: bool | None = None
+    user_channel_event_age: float | None = None
 
 
 def _read(engine: ExitEngine) -> _Reading:
@@ -86,6 +88,8 @@ def _read(engine: ExitEngine) -> _Reading:
         balance_refreshes=metrics.balance_refreshes,
         verify_failures=metrics.verify_failures,
         paused=metrics.paused,
+        user_channel_connected=metrics.user_channel_connected,
+        user_channel_event_age=metrics.user_channel_event_age(),
     )
 
 
@@ -142,6 +146,14 @@ class EngineCollector:
         yield GaugeMetricFamily("exitguard_paused",
                                 "1 while the kill switch is on (engine.pause): new exits are refused.",
                                 value=int(reading.paused))
+        if reading.user_channel_connected is not None:  # only for an exchange with a push channel
+            yield GaugeMetricFamily("exitguard_user_channel_connected",
+                                    "1 while the exchange's user channel is connected; 0 while down (polling alone).",
+                                    value=int(reading.user_channel_connected))
+            yield GaugeMetricFamily("exitguard_user_channel_event_age_seconds",
+                                    "Seconds since the user channel's last event (-1: none yet).",
+                                    value=-1.0 if reading.user_channel_event_age is None
+                                    else reading.user_channel_event_age, unit="seconds")
 
 
 def _histogram(name: str, documentation: str, histogram: LatencyHistogram) -> HistogramMetricFamily:

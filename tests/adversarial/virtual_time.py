@@ -4,8 +4,9 @@ task is waiting, and an engine `Clock` that reads that loop's time.
 With it, the engine's own waits (`anyio.sleep`, `fail_after`, a resolver's backoff of 0.5 s doubling to 30 s)
 and the hostile exchange's latency cost no real time, and the engine's clock agrees with them: a permit ages
 while the exchange is slow, a lookup horizon passes while the test sleeps. The run stays deterministic as
-long as nothing waits on real I/O or threads (the paper exchange does neither; the fake CLOB run keeps real
-time). `trio.testing.MockClock(autojump_threshold=0)` does the same on trio; this keeps the suite on asyncio
+long as nothing waits on real I/O or threads (the paper exchange does neither; the journal's fsync thread stops
+the clock while an exit waits for it; the fake CLOB run keeps real time).
+`trio.testing.MockClock(autojump_threshold=0)` does the same on trio; this keeps the suite on asyncio
 without a new dependency.
 """
 
@@ -16,6 +17,8 @@ import selectors
 from datetime import UTC, datetime, timedelta
 
 import anyio
+
+from exitguard.journal.durable import LogSync
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MONOTONIC_OFFSET = 1_000.0
@@ -34,6 +37,8 @@ class _JumpingSelector(selectors.DefaultSelector):
         ready = super().select(0)
         if ready or timeout == 0:
             return ready
+        if self.loop is not None and LogSync.waits_on(self.loop):
+            return super().select(None)  # a journal's fsync in its thread: time stands still until it wakes us
         if timeout is None:
             # No timer at all: only I/O could wake the loop, and the paper run does none. Wait a little for
             # real (a stray thread, the self-pipe) before calling it a hang.

@@ -111,3 +111,18 @@ def test_live_without_api_credentials_derives_them_from_the_key(clob: FakeClob) 
     code, out, _ = run("--token", TOKEN, "--shares", "7.5", "--limit-price", "0.55", "--live", "--yes", environ=env)
     assert code == 0 and "CLOSED" in out
     assert clob.count("GET", "/auth/derive-api-key") == 1
+
+
+def test_every_outcome_has_an_exit_code() -> None:
+    from exitguard.position import ExitOutcome
+
+    assert set(exit_command.EXIT_CODES) == set(ExitOutcome)
+
+
+def test_live_exit_on_a_closed_market_says_redeem_and_exits_5_with_nothing_sent(clob: FakeClob) -> None:
+    clob.close_market(TOKEN)
+    code, out, _ = run("--token", TOKEN, "--shares", "10", "--limit-price", "0.55", "--live", "--yes",
+                       environ=live_env(clob))
+    assert code == 5, out
+    assert "MARKET_CLOSED (state OPEN)" in out and "redeem the shares" in out and "sold 0" in out
+    assert clob.posted_orders == []

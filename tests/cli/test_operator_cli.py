@@ -274,7 +274,8 @@ def test_check_live_prints_a_checklist_and_sends_no_order(
     for line in ("settings", "host", "clock", "API credentials", "tick 0.01, minimum size 5 shares",
                  "balance 7.5 shares, allowance set", "rate-limit tier", "not available: this version"):
         assert line in out, (line, out)
-    assert "[unknown] rate-limit tier" in out  # the fake does not serve it: said so, not failed
+    # The fake serves the signer's tier since issue 12 (WIRE.md section 7a): read, not "unknown".
+    assert re.search(r"^\[  ok   \] rate-limit tier .*standard$", out, re.MULTILINE), out
     assert clob.posted_orders == [] and clob.count("GET", "/time") == 1
 
 

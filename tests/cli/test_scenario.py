@@ -563,3 +563,22 @@ def test_cli_without_a_command_is_a_usage_error(capsys: pytest.CaptureFixture[st
 
     assert caught.value.code == 2
     assert "usage" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_a_scenario_can_close_a_market_and_its_exit_ends_market_closed() -> None:
+    text = ('{"op": "balance", "token": "T", "shares": "10"}\n'
+            '{"op": "bids", "token": "T", "bids": [["0.60", "100"]]}\n'
+            '{"op": "track", "key": "p1", "token": "T", "shares": "10"}\n'
+            '{"op": "fault", "fault": "close_market", "token": "T"}\n'
+            '{"op": "exit", "key": "p1", "reason": "take_profit", "limit_price": "0.55"}\n')
+    paper = PaperExchange()
+
+    report = await run_scenario(parse_scenario(text, SOURCE), exchange=paper, source=SOURCE)
+
+    assert [(r.key, r.outcome, r.state) for r in report.results] == [("p1", ExitOutcome.MARKET_CLOSED, "OPEN")]
+    assert paper.sells == [] and paper.balance("T") == Decimal(10)
+
+
+def test_a_close_market_fault_needs_its_token() -> None:
+    assert_names(parse_error('{"op": "fault", "fault": "close_market"}'), BAD_LINE, "token")

@@ -8,7 +8,9 @@ precise step of an exit.
     run.report                    # what a child that ran to the end saw: recovery summary, states, results
 
 The child (`python -m crashkit.child SPEC`) is in `child.py`. Kill points are placed by wrappers in the
-child process only (a Journal method, the exchange port, the engine's `_fire`); engine code has no hooks.
+child process only (`Journal.append`, the book's `fire` and `commit_intent`, the exchange port); engine code has no
+hooks. `Spec(power_loss=True)` also keeps a copy of the journal as each fsync of its log left it, and
+`power_loss(spec)` restores it: the disk after a power cut, which loses what was written since the last fsync.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ TESTS = Path(__file__).resolve().parent.parent
 
 KILL_POINTS = (
     "after_balance",         # the exchange answered the balance read; nothing journaled about it yet
-    "after_selling_write",   # VERIFYING -> SELLING (with its permit) is durable; no order signed yet
-    "after_order_noted",     # the order id is durable; the order has not been posted
+    "after_verified",        # VERIFYING -> SELLING in memory (a permit); the attempt's steps wait for its intent
+    "after_order_noted",     # the intent (request, balance, order id) is written, not yet fsync'd; nothing posted
+    "after_intent_commit",   # the intent is durable (fsync'd); the order has not been posted
     "after_post",            # the exchange executed the order; its answer never reached the engine
-    "after_unknown_write",   # the answer was lost and SELLING (unresolved) is durable; no reconcile yet
+    "after_unknown_write",   # the answer was lost and SELLING (unresolved) is written; no reconcile yet
     "after_fill",            # the engine holds the fill; the in-memory state has not moved yet
     "before_closed_write",   # the in-memory state is CLOSED; the journal still says SELLING
-    "after_closed_write",    # CLOSED is durable
+    "after_closed_write",    # CLOSED is written (without an fsync: a power loss may take it, see `power_loss`)
 )
 
 _ERRORS: dict[str, type[ExchangeError]] = {cls.__name__: cls for cls in (TransientError, UnknownOutcome, OrderKilled)}
@@ -199,6 +202,9 @@ class Spec:
     """Run the exits at once in a task group (default: one after the other)."""
     hold: bool = False
     """After recovery, print "ready" and wait for a line on stdin (lock tests)."""
+    power_loss: bool = False
+    """After each fsync of the journal's log, the child copies the journal and its log aside (`<file>.durable`):
+    `power_loss(spec)` puts them back, as a power cut leaves the disk, before the restart."""
     clock_ahead: float = 0.0
     """Seconds the child's wall clock runs ahead of the real one: a restart that comes that much later (the
     lookup horizon of an order journaled before the crash counts on the wall clock)."""
@@ -215,6 +221,14 @@ class Run:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [record["extra"] for record in (line["record"] for line in self.logs)
                 if record["extra"].get("event") == name]
+
+
+def power_loss(spec: Spec) -> None:
+    """The disk as a power cut after the child's last fsync leaves it: what that fsync made durable, no more (the
+    writes after it, in the page cache, are gone; so is the log's index, which SQLite rebuilds from the log)."""
+    for name in (spec.journal, spec.journal + "-wal"):
+        os.replace(name + ".durable", name)
+    Path(spec.journal + "-shm").unlink(missing_ok=True)
 
 
 def child_command(spec_path: Path) -> list[str]:
@@ -266,4 +280,4 @@ def _log(spec_path: Path) -> Path:
 
 
 __all__ = ["KILL_POINTS", "FilePaperExchange", "Kill", "PositionSpec", "Run", "Spec", "child_command", "child_env",
-           "run_engine", "write_spec"]
+           "power_loss", "run_engine", "write_spec"]

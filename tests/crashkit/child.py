@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from datetime import datetime, timedelta
@@ -26,7 +27,7 @@ from exitguard import ExitEngine, ExitOutcome, Position
 from exitguard.book import PositionBook
 from exitguard.clock import SystemClock
 from exitguard.errors import JournalError
-from exitguard.journal import Journal
+from exitguard.journal import Journal, durable
 from exitguard.states import PositionRecord, SellPermit, State
 from exitguard.telemetry.logs import configure_logging
 
@@ -49,28 +50,43 @@ class Killer:
 
 
 def install_journal_kills(killer: Killer) -> None:
-    """Wrap the Journal's writes of this process: a kill just before or just after a durable step."""
-    transition, note_order = Journal.transition, Journal.note_order
+    """Wrap the Journal's writes and the book's wait for an intent's fsync, in this process: a kill just before or
+    just after a step reaches the journal."""
+    append, commit_intent = Journal.append, PositionBook.commit_intent
 
-    # (record, source, trigger, ...) positionally; the rest passed through untouched, whatever it is.
-    def killing_transition(self: Journal, record: PositionRecord, source: State, trigger: str,
-                           *args: Any, **kwargs: Any) -> None:
+    # (record, rows, ...) positionally; the rest passed through untouched, whatever it is.
+    def killing_append(self: Journal, record: PositionRecord, rows: Any, *args: Any, **kwargs: Any) -> int:
+        triggers = {row[2] for row in rows}
         if record.state is State.CLOSED:
             killer.hit("before_closed_write", record.key)
-        transition(self, record, source, trigger, *args, **kwargs)
-        if trigger == "balance_fetched" and record.state is State.SELLING:
-            killer.hit("after_selling_write", record.key)
-        if trigger == "sell_unknown":
+        ticket = append(self, record, rows, *args, **kwargs)
+        if "order_signed" in triggers:
+            killer.hit("after_order_noted", record.key)
+        if "sell_unknown" in triggers:
             killer.hit("after_unknown_write", record.key)
         if record.state is State.CLOSED:
             killer.hit("after_closed_write", record.key)
+        return ticket
 
-    def killing_note_order(self: Journal, record: PositionRecord, *args: Any, **kwargs: Any) -> None:
-        note_order(self, record, *args, **kwargs)
-        killer.hit("after_order_noted", record.key)
+    async def killing_commit_intent(self: PositionBook, record: PositionRecord) -> None:
+        await commit_intent(self, record)
+        killer.hit("after_intent_commit", record.key)
 
-    Journal.transition = killing_transition  # type: ignore[method-assign]
-    Journal.note_order = killing_note_order  # type: ignore[method-assign]
+    Journal.append = killing_append  # type: ignore[method-assign]
+    PositionBook.commit_intent = killing_commit_intent  # type: ignore[method-assign]
+
+
+def keep_what_each_fsync_made_durable(journal: str) -> None:
+    """A power loss keeps what the last fsync of the journal's log made durable, and nothing after it: after each, copy
+    the journal and its log aside (`power_loss` in the spec; the test puts the copies back before the restart)."""
+    flush = durable.flush_file
+
+    def flushing(fd: int) -> None:
+        flush(fd)
+        for name in (journal, journal + "-wal"):
+            shutil.copyfile(name, name + ".durable")
+
+    durable.flush_file = flushing
 
 
 class KillingExchange:
@@ -120,6 +136,8 @@ def install_fire_kill(killer: Killer) -> None:
         if trigger == "sell_filled":
             killer.hit("after_fill", record.key)  # the fill is in hand; nothing has moved yet
         fire(self, record, trigger, **payload)
+        if trigger == "balance_fetched" and record.state is State.SELLING:
+            killer.hit("after_verified", record.key)  # the permit is issued; the journal waits for the intent
 
     PositionBook.fire = killing_fire  # type: ignore[method-assign]
 
@@ -154,6 +172,8 @@ async def run(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
     kill = Kill(**spec["kill"]) if spec["kill"] else None
     killer = Killer(kill, _marker(spec_path))
     install_journal_kills(killer)
+    if spec.get("power_loss"):
+        keep_what_each_fsync_made_durable(spec["journal"])
     install_fire_kill(killer)
     positions = spec["positions"]
     exchange = KillingExchange(build_exchange(spec["exchange"]), killer,

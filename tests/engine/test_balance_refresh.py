@@ -90,14 +90,17 @@ async def test_a_resolution_as_filled_marks_the_token_for_a_refresh_first(stale:
     assert len(stale.sells) == 1
 
 
-@pytest.mark.parametrize(("marked", "reading", "expected", "decision"), [
-    (True, None, 10, RefreshReason.MARKED),
-    (False, None, 10, None),
-    (False, 10, 10, None),
-    (False, 4, 10, RefreshReason.BELOW_EXPECTED),
-    (False, 12, 10, RefreshReason.ABOVE_EXPECTED),
-    (True, 10, 10, None),  # a reading taken after the mark's refresh is trusted
+@pytest.mark.parametrize(("marked", "reading", "expected", "settling", "decision"), [
+    (True, None, 10, False, RefreshReason.MARKED),
+    (False, None, 10, True, None),
+    (False, 10, 10, True, None),
+    (False, 10, 10, False, None),
+    (False, 4, 10, True, RefreshReason.BELOW_EXPECTED),
+    (False, 4, 10, False, None),  # issue 14: outside the settlement window a lower reading is the truth
+    (False, 12, 10, True, RefreshReason.ABOVE_EXPECTED),
+    (False, 12, 10, False, RefreshReason.ABOVE_EXPECTED),
+    (True, 10, 10, False, None),  # a reading taken after the mark's refresh is trusted
 ])
 def test_when_to_refresh_the_balance_cache_is_one_pure_decision(
-        marked: bool, reading: int | None, expected: int, decision: RefreshReason | None) -> None:
-    assert balance_refresh(marked=marked, reading=reading, expected=expected) is decision
+        marked: bool, reading: int | None, expected: int, settling: bool, decision: RefreshReason | None) -> None:
+    assert balance_refresh(marked=marked, reading=reading, expected=expected, settling=settling) is decision

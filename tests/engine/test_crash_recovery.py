@@ -26,6 +26,7 @@ from crashkit import (
     Spec,
     child_command,
     child_env,
+    power_loss,
     run_engine,
     write_spec,
 )
@@ -38,11 +39,13 @@ HELD = Decimal("10")
 
 # What recovery makes of p1 after a kill at each point of its exit: (state after recovery, how it got
 # there). "reopened": nothing was sent, back to OPEN without asking the exchange; an outcome: the order
-# may have been sent, settled by lookup + balance; None: the journal already held the final state.
+# may have been sent, settled by lookup + balance; None: the journal already held the final state (before the
+# intent, an attempt's steps are not journaled at all: it holds OPEN).
 AFTER_KILL: dict[str, tuple[str, str | None]] = {
-    "after_balance": ("OPEN", "reopened"),
-    "after_selling_write": ("OPEN", "reopened"),
+    "after_balance": ("OPEN", None),
+    "after_verified": ("OPEN", None),
     "after_order_noted": ("OPEN", "NOT_FILLED"),
+    "after_intent_commit": ("OPEN", "NOT_FILLED"),
     "after_post": ("CLOSED", "CLOSED"),
     "after_unknown_write": ("CLOSED", "CLOSED"),
     "after_fill": ("CLOSED", "CLOSED"),
@@ -159,7 +162,28 @@ def test_paper_kill_at_each_step_then_restart(tmp_path: Path, point: str) -> Non
     assert len(exchange.posts) == 1  # whichever process sent it
 
 
-@pytest.mark.parametrize("point", ["after_order_noted", "after_post", "before_closed_write"])
+@pytest.mark.parametrize("point", ["after_intent_commit", "after_post", "after_fill", "after_closed_write"])
+def test_paper_power_loss_after_the_intent_keeps_it_and_a_lost_outcome_is_looked_up(tmp_path: Path, point: str) -> None:
+    # A power cut keeps what the last fsync made durable: the intent. The outcome (written without an fsync) is lost,
+    # so the restart finds SELLING with the order id and looks it up: filled once posted, else never arrived.
+    paper_market(tmp_path, {"t1": HELD})
+    spec = paper_spec(tmp_path, [PositionSpec("p1", "t1", "10")], power_loss=True)
+    killed(spec, tmp_path, point, "p1")
+    power_loss(spec)
+    assert journal_states(spec) == {"p1": "SELLING"}  # the intent, and nothing after it
+    spec.power_loss = False
+
+    run = restarted(spec, tmp_path)
+
+    posted = point != "after_intent_commit"
+    assert run.report["recovery"]["reconciled"] == {"p1": "CLOSED" if posted else "NOT_FILLED"}
+    assert run.report["after_recovery"] == {"p1": "CLOSED" if posted else "OPEN"}
+    assert run.report["final"] == {"p1": "CLOSED"} == journal_states(spec)
+    exchange = check_paper_invariants(tmp_path, {"t1": HELD})
+    assert exchange.sold("t1") == HELD and len(exchange.posts) == 1  # whichever process sent it, once
+
+
+@pytest.mark.parametrize("point", ["after_order_noted", "after_intent_commit", "after_post", "before_closed_write"])
 def test_paper_concurrent_exits_killed_mid_flight(tmp_path: Path, point: str) -> None:
     # p3's exchange holds less than the bot believes: the restart must sell the 7.5 held, never 10.
     held = {"t1": HELD, "t2": HELD, "t3": Decimal("7.5"), "t4": HELD}

@@ -299,8 +299,6 @@ async def test_an_older_schema_is_migrated_in_place(exchange: PaperExchange, clo
     monkeypatch.setattr(journal_schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setitem(journal_schema.MIGRATIONS, SCHEMA_VERSION + 1,
                         ["ALTER TABLE positions ADD COLUMN note TEXT"])
-    import exitguard.journal.store as store
-    monkeypatch.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     async with engine_on(exchange, path, clock) as engine:
         assert engine.states() == {"p1": "OPEN"}
     db = sqlite3.connect(path)

@@ -1,7 +1,7 @@
 """A lost or cut write-ahead log is detected at the next start, never silently lost (issue 11 B.8).
 
 The "crash" is a process that writes through the journal and ends with `os._exit`: nothing closes the
-journal, as after SIGKILL or a power cut that the disk survived (synchronous=FULL).
+journal, as after SIGKILL (every commit is in the log file when it returns, fsync'd or not).
 """
 
 from __future__ import annotations

@@ -31,7 +31,11 @@ SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
 PASSPHRASE = "pass-phrase-9f3"
 
 
-def permit(shares: int = 4_350_000, attempt: str = "a1", token: str = "123") -> SellPermit:
+CTF_TOKEN = "71321045679252212594626385532706912750332728571942532289631379312455583992563"
+"""A CTF token id (a hash): "123" would be a Protocol V2 position id by the bit rule, signed for ExchangeV3."""
+
+
+def permit(shares: int = 4_350_000, attempt: str = "a1", token: str = CTF_TOKEN) -> SellPermit:
     return SellPermit(position_key="p", token_id=token, shares=shares, verified_balance=shares, verified_at=0.0,
                       attempt_id=attempt)
 

@@ -80,6 +80,10 @@ BODIES: dict[str, object] = {
     "unauthorized": {"error": "Unauthorized/Invalid api key"},
     "l1 headers": {"error": "Invalid L1 Request headers"},
     "no orderbook": {"error": "No orderbook exists for the requested token id"},
+    # issue 12 point 4: a market that closed or resolved (tests/fakeclob/WIRE.md section 2a)
+    "orderbook gone": {"error": f"the orderbook 0x{'12' * 32} does not exist"},
+    "errorMsg orderbook gone": {"success": False, "errorMsg": f"the orderbook 0x{'12' * 32} does not exist"},
+    "market does not exist": {"error": "market does not exist"},
     "market not found": {"error": "market not found"},
     # "Insert Error Messages" of docs.polymarket.com/developers/CLOB/orders/create-order, as {"error"} and errorMsg
     **{f"insert {code}": {"error": text} for code, text in INSERT_ERRORS.items()},

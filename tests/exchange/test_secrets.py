@@ -6,19 +6,18 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from fakeclob import FakeClob
 from loguru import logger
 from py_clob_client_v2.client import ClobClient
 
-from exitguard import ExitEngine, ExitOutcome, Position
-from exitguard.exchange.polymarket.adapter import post_fok
+from exitguard import ExitEngine, ExitOutcome, Position, UnknownOutcome
 from exitguard.exchange.polymarket.secrets import (
     HTTP_LOGGERS,
     REDACTED,
@@ -28,6 +27,7 @@ from exitguard.exchange.polymarket.secrets import (
     own_calls,
     secure_client,
 )
+from exitguard.exchange.port import SellDeadline
 from exitguard.polymarket import ENV, PolymarketExchange, PolymarketSettings
 from exitguard.states import InvalidValue, SellPermit
 from exitguard.telemetry.logs import records_enabled
@@ -147,22 +147,44 @@ async def test_loguru_diagnose_on_a_transport_failure_in_the_order_path_never_sh
 ) -> None:
     exchange = PolymarketExchange(clob.client())
     await exchange.warm_up(TOKEN)
-    signed = await exchange.prepare_sell(permit(), Decimal("0.55"))
-    assert signed
 
     def cut(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("the connection broke mid-request")
 
-    monkeypatch.setattr(httpx.Client, "send", cut)
-    order = exchange._prepared["a1"][0].order  # noqa: SLF001 - the order signed above, posted by hand
-    try:
-        await anyio.to_thread.run_sync(post_fok, exchange.client, order)
-    except RuntimeError:
-        logger.exception("post failed")
+    monkeypatch.setattr(httpx.AsyncClient, "send", cut)
+    with pytest.raises(UnknownOutcome) as caught:
+        await exchange.sell(permit(), Decimal("0.55"), deadline=SellDeadline(math.inf, lambda: 0.0))
+    logger.opt(exception=caught.value).error("post failed")
+    await exchange.aclose()
 
     text = diagnosed.getvalue()
-    assert "post failed" in text and "post_fok" in text and "headers" in text
+    assert "post failed" in text and "sell" in text
     never_shown(text, *clob_secrets(clob))
+
+
+@pytest.mark.anyio
+async def test_loguru_diagnose_through_the_frames_that_hold_the_l2_headers_never_shows_a_secret(
+    clob: FakeClob, diagnosed: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exchange = PolymarketExchange(clob.client())
+    await exchange.warm_up(TOKEN)
+    checks: list[str] = []
+
+    def check(self: SellDeadline, what: str) -> None:
+        checks.append(what)
+        if len(checks) == 2:  # the check right before the first byte, inside the request: its frames hold headers
+            raise RuntimeError("a deadline clock that broke")
+
+    monkeypatch.setattr(SellDeadline, "check", check)
+    with pytest.raises(RuntimeError) as caught:
+        await exchange.sell(permit(), Decimal("0.55"), deadline=SellDeadline(math.inf, lambda: 0.0))
+    logger.opt(exception=caught.value).error("post failed")
+    await exchange.aclose()
+
+    text = diagnosed.getvalue()
+    assert "post failed" in text and "headers" in text and "<request body" in text
+    never_shown(text, *clob_secrets(clob))
+    assert clob.count("POST", "/order") == 0
 
 
 # -- the HTTP stack's debug logs -------------------------------------------------------------------

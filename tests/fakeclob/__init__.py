@@ -5,6 +5,7 @@
         clob.add_market("123", tick_size="0.01", min_order_size="5")
         clob.set_bids("123", [(Decimal("0.55"), Decimal("100"))])
         clob.set_balance("123", Decimal("10"))
+        clob.add_market(position_id, v2=True)      # a Protocol V2 market: PositionManager ledger, ExchangeV3
         client = clob.client()                     # a real ClobClient with the fake's wallet and creds
 
 What the wire looks like, and where each fact comes from, is in WIRE.md beside this file. The server
@@ -29,7 +30,9 @@ from eth_utils import keccak
 from py_clob_client_v2 import ClobClient
 from py_clob_client_v2.clob_types import ApiCreds
 
+from .channel import FakeUserChannel
 from .engine import sorted_levels
+from .limits import MODES, TIERS, SignerLimits
 from .server import Server
 from .state import (
     SETTLE_TO,
@@ -89,8 +92,11 @@ class FakeClob:
         self._faults: list[_Fault] = []
         self._losses: list[str] = []
         self._mangles: list[tuple[str, int, dict | str | bytes]] = []
+        self._signers = SignerLimits()
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
+        self.channel = FakeUserChannel(self)
+        """The user channel (WebSocket), started on demand: `clob.channel.start()` returns its URL (channel.py)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -106,6 +112,7 @@ class FakeClob:
         return self.host
 
     def stop(self) -> None:
+        self.channel.stop()
         server, thread = self._server, self._thread
         if server is None:
             return
@@ -132,10 +139,16 @@ class FakeClob:
     # --- markets, book, balances -----------------------------------------------------------------
 
     def add_market(self, token_id: str, *, tick_size: str = "0.01", min_order_size: str = "5",
-                   neg_risk: bool = False, condition_id: str | None = None) -> None:
+                   neg_risk: bool = False, condition_id: str | None = None, v2: bool | None = None) -> None:
         """Register a token. Tokens of one condition share tick, minimum and neg-risk (as on
         Polymarket); a market added with one token gets a synthetic "No" sibling for /clob-markets,
-        which a later add_market(..., condition_id=same) replaces."""
+        which a later add_market(..., condition_id=same) replaces.
+
+        `v2=True`: a Protocol V2 market (Gamma's `version: "v2"`), declared, never guessed from the id, as the
+        exchange knows it from the market: its balances sit in the PositionManager ledger (`CONDITIONAL-V2`;
+        read as `CONDITIONAL` they are 0) and its orders must be signed for ExchangeV3 (domain "3").
+        Use a realistic V2 position id for its token (see tests/exchange/test_v2_positions.py). `None` keeps
+        what the market was (a new one is CTF), so a later add_market that changes the tick keeps the ledger."""
         state = self._state
         with state.lock:
             condition = condition_id or hex32(f"condition:{token_id}")
@@ -145,13 +158,16 @@ class FakeClob:
             market = state.markets.get(condition)
             if market is None:
                 sibling = str(int.from_bytes(keccak(text=f"sibling:{token_id}"), "big"))
+                if v2 and token_id.isdigit():
+                    sibling = str(int(token_id) ^ 1)  # a V2 market's other outcome: the id's low byte
                 market = Market(condition, Decimal(tick_size), Decimal(min_order_size), neg_risk,
-                                [token_id, sibling], {sibling})
+                                [token_id, sibling], {sibling}, v2=bool(v2))
                 state.markets[condition] = market
                 state.token_market[sibling] = condition
             else:
                 market.tick_size, market.min_order_size = Decimal(tick_size), Decimal(min_order_size)
                 market.neg_risk = neg_risk
+                market.v2 = market.v2 if v2 is None else v2
                 if token_id not in market.tokens:
                     placeholder = next(iter(market.synthetic), None)
                     if placeholder is not None:
@@ -162,6 +178,25 @@ class FakeClob:
                         market.tokens.append(token_id)
             state.token_market[token_id] = condition
             state.bids.setdefault(token_id, [])
+
+    def close_market(self, token_id: str) -> None:
+        """The token's market closes (or resolves): GET /book answers 404 `No orderbook exists for the requested
+        token id` and POST /order 400 `the orderbook <condition> does not exist`; balances stay (the shares are
+        redeemed on chain). For the whole condition, as on Polymarket. WIRE.md section 2a."""
+        with self._state.lock:
+            market = self._state.market_of(token_id)
+            if market is None:
+                raise KeyError(f"add_market({token_id!r}) first")
+            market.closed = True
+
+    def market_not_ready(self, token_id: str, count: int = 1) -> None:
+        """The next `count` orders for the token's market are refused `the market is not yet ready to process new
+        orders` (MARKET_NOT_READY: not open *yet*, which is no closed market). WIRE.md section 2a."""
+        with self._state.lock:
+            market = self._state.market_of(token_id)
+            if market is None:
+                raise KeyError(f"add_market({token_id!r}) first")
+            self._state.not_ready[market.condition_id] = count
 
     def set_bids(self, token_id: str, levels: list[tuple[Decimal, Decimal]]) -> None:
         """Replace the resting bids of other traders: (price, size in shares), any order."""
@@ -180,22 +215,25 @@ class FakeClob:
             state.bids[token_id] = sorted_levels(rows)
 
     def set_balance(self, token_id: str, shares: Decimal) -> None:
-        """Chain balance and the server's cached balance both become `shares`."""
+        """Chain balance and the server's cached balance both become `shares`, in the token's ledger (the
+        PositionManager for a V2 market, else CTF): add_market first for a V2 market."""
         with self._state.lock:
-            self._state.chain[token_id] = self._state.cache[token_id] = to_raw(shares)
+            chain, cache = self._state.ledger(token_id)
+            chain[token_id] = cache[token_id] = to_raw(shares)
 
     def credit(self, token_id: str, shares: Decimal) -> None:
         """A fresh buy lands on chain; the server's cache lags until /balance-allowance/update."""
         with self._state.lock:
-            self._state.chain[token_id] = self._state.chain.get(token_id, 0) + to_raw(shares)
+            chain = self._state.ledger(token_id)[0]
+            chain[token_id] = chain.get(token_id, 0) + to_raw(shares)
 
     def chain_balance(self, token_id: str) -> Decimal:
         with self._state.lock:
-            return from_raw(self._state.chain.get(token_id, 0))
+            return from_raw(self._state.ledger(token_id)[0].get(token_id, 0))
 
     def cached_balance(self, token_id: str) -> Decimal:
         with self._state.lock:
-            return from_raw(self._state.cache.get(token_id, 0))
+            return from_raw(self._state.ledger(token_id)[1].get(token_id, 0))
 
     # --- settlement ------------------------------------------------------------------------------
 
@@ -268,6 +306,51 @@ class FakeClob:
         with self._state.lock:
             self._mangles.append((path, status, body))
 
+    # --- per-signer order limits (limits.py, WIRE.md section 7) -------------------------------------
+
+    def set_signer_tier(self, tier: str, address: str | None = None, *, after_orders: int = 0) -> None:
+        """The signer's tier (default: this fake's wallet). Every signer starts at `standard`. With
+        `after_orders=n` the change lands after the next n orders (a tier refresh in mid-burst)."""
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {list(TIERS)}")
+        with self._state.lock:
+            if after_orders > 0:
+                self._signers.switches.append((self._signers._seen + after_orders, address or self.address, tier))
+            else:
+                self._signers.set_tier(address or self.address, tier)
+
+    def drain_signer(self, address: str | None = None) -> None:
+        """Empty the signer's order bucket now, as another bot trading with the same signer would."""
+        with self._state.lock:
+            self._signers.drain(address or self.address)
+
+    def signer_tier(self, address: str | None = None) -> str:
+        with self._state.lock:
+            return self._signers.tier_of(address or self.address)
+
+    @property
+    def signer_limits(self) -> str:
+        """"enforce" (429 without a token), "warn" (`Poly-RateLimit-Warning: true`, executed) or "off"."""
+        return self._signers.mode
+
+    @signer_limits.setter
+    def signer_limits(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        with self._state.lock:
+            self._signers.mode = mode
+
+    def set_signer_clock(self, clock: object) -> None:
+        """The buckets' clock (`monotonic()` and `wall()`, as exitguard's Clock): a test's virtual time."""
+        with self._state.lock:
+            self._signers.clock = clock
+
+    @property
+    def signer_rejections(self) -> int:
+        """429s the per-signer limiter has sent."""
+        with self._state.lock:
+            return self._signers.rejected
+
     # --- inspection ------------------------------------------------------------------------------
 
     @property
@@ -327,6 +410,10 @@ class FakeClob:
                     del self._mangles[i]
                     return status, body
         return None
+
+    def _signer_take(self, address: str) -> tuple[bool, dict[str, str]]:
+        with self._state.lock:
+            return self._signers.take(address)
 
     def _take_loss(self, path: str) -> bool:
         with self._state.lock:

@@ -20,6 +20,7 @@ from .wire import (
     ERR_FAK,
     ERR_FOK,
     ERR_INVALID_TOKEN,
+    ERR_MARKET_NOT_READY,
     ERR_ORDER_PAYLOAD,
     ERR_OWNER,
     ERR_SELL_PRECISION,
@@ -30,6 +31,7 @@ from .wire import (
     SHARE_STEP_RAW,
     USDC_STEP_RAW,
     err_balance,
+    err_book_gone,
     err_duplicated,
     err_min_size,
     err_tick,
@@ -81,7 +83,7 @@ def _validate_envelope(state, payload, api_key, address):
     if market is None:
         raise _error(ERR_INVALID_TOKEN)
     try:
-        parsed = signing.parse(order, state.chain_id, market.neg_risk)
+        parsed = signing.parse(order, state.chain_id, market.neg_risk, v2=market.v2)
     except Exception:
         raise _error(ERR_ORDER_PAYLOAD) from None
     if parsed.signer.lower() != address.lower():
@@ -93,6 +95,12 @@ def _validate_envelope(state, payload, api_key, address):
         raise _error(ERR_SIGNATURE)
     if parsed.order_hash in state.orders:
         raise _error(err_duplicated(parsed.order_hash))
+    # Where the real engine checks the market's state is undocumented [fake]: after the sender is known.
+    if market.closed:
+        raise _error(err_book_gone(market.condition_id))
+    if state.not_ready.get(market.condition_id, 0) > 0:
+        state.not_ready[market.condition_id] -= 1
+        raise _error(ERR_MARKET_NOT_READY)
     return order_type, parsed, market
 
 
@@ -111,7 +119,7 @@ def _validate_amounts(state, parsed, order_type, shares, usdc, market) -> None:
     if shares < int(market.min_order_size * RAW_PER_SHARE):
         raise _error(err_min_size(oid, units(shares), market.min_order_size))
     if parsed.side == "SELL":
-        cached = state.cache.get(parsed.token_id, 0)
+        cached = state.ledger(parsed.token_id)[1].get(parsed.token_id, 0)
         if shares > cached:  # the real check reads the server's cache, not the chain
             raise _error(err_balance(cached, shares))
 
@@ -124,6 +132,7 @@ def _record(state, parsed, order_type, shares, usdc, market, api_key, status, ma
         outcome=market.outcome(parsed.token_id), expiration=parsed.expiration,
         order_type=order_type, trade_ids=[t.id for t in trades], created_at=int(time.time()),
     )
+    state.publish("order", state.orders[parsed.order_hash])
 
 
 def _kill(state, parsed, order_type, shares, usdc, market, api_key, message) -> Reject:
@@ -171,8 +180,9 @@ def _book_fills(state, parsed, market, api_key, fills, now) -> list[Trade]:
     token = parsed.token_id
     # The cache never exceeds the chain (fills lower both, credits and failed settlements only raise
     # the chain), so the balance check on the cache also covers the chain.
-    state.cache[token] = state.cache.get(token, 0) - matched
-    state.chain[token] = state.chain.get(token, 0) - matched
+    chain, cache = state.ledger(token)
+    cache[token] = cache.get(token, 0) - matched
+    chain[token] = chain.get(token, 0) - matched
     trades = []
     for level, take, _proceeds in fills:
         trade = Trade(
@@ -181,6 +191,7 @@ def _book_fills(state, parsed, market, api_key, fills, now) -> list[Trade]:
             status="MATCHED", match_time=now, last_update=now, outcome=market.outcome(token),
             owner=api_key, maker_address=parsed.maker, maker_order_id=level.order_id,
         )
+        state.publish("trade", trade)  # MATCHED, before any settlement moves it on
         if state.settlement in ("instant", "after_reply"):
             state.settle(trade, "CONFIRMED", now)
         state.trades.append(trade)

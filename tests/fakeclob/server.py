@@ -135,6 +135,7 @@ class Handler(BaseHTTPRequestHandler):
         text = raw.decode("utf-8", errors="replace") if raw else None
         body = _parse_json(text)
 
+        self.extra_headers: dict[str, str] = {}
         clob._record(self.command, path, query, body)
         if clob.latency:
             time.sleep(clob.latency)
@@ -183,6 +184,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in getattr(self, "extra_headers", {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
@@ -200,6 +203,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._l1(path, method)
         if (method, path) in PRIVATE or (method == "GET" and path.startswith("/data/order/")):
             self._require_l2(method, path, text)
+            if (method, path) == ("POST", "/order"):
+                self._signer_slot()
             if path.startswith("/data/order/"):
                 return get_order(self.server.clob, path[len("/data/order/"):])
             return PRIVATE[(method, path)](self.server.clob, query, body)
@@ -209,6 +214,13 @@ class Handler(BaseHTTPRequestHandler):
         clob = self.server.clob
         if not auth.l2_ok(self.headers, method, path, text, clob.creds, clob.address):
             raise _err(401, ERR_L2_AUTH)
+
+    def _signer_slot(self) -> None:
+        """The per-signer order bucket (limits.py), after auth: its headers go on the reply, and without a
+        token the order is refused 429 with the documented body, nothing executed (WIRE.md section 7)."""
+        admitted, self.extra_headers = self.server.clob._signer_take(self.headers.get("POLY_ADDRESS") or "")
+        if not admitted:
+            raise _err(429, "Too Many Requests")
 
     def _l1(self, path: str, method: str) -> object:
         clob = self.server.clob
@@ -269,7 +281,7 @@ def get_book(clob: FakeClob, query: dict[str, str]) -> object:
         raise _err(400, ERR_INVALID_TOKEN)
     with state.lock:
         market = state.market_of(token)
-        if market is None:
+        if market is None or market.closed:  # a closed or resolved market has no book (WIRE.md section 2a)
             raise _err(404, ERR_NO_BOOK)
         # The real book lists bids ascending (best bid last); the client walks reversed(bids).
         bids = [{"price": fmt_decimal(lv.price), "size": units(lv.size_raw)}
@@ -331,19 +343,34 @@ def get_balance_allowance(clob: FakeClob, query: dict[str, str], body: object) -
     with state.lock:
         if asset_type == "COLLATERAL":
             balance = COLLATERAL_RAW
-        elif asset_type == "CONDITIONAL":
+        elif asset_type in CONDITIONAL_LEDGERS:
             if not query.get("token_id"):
                 raise _err(400, ERR_INVALID_TOKEN)
-            balance = state.cache.get(query["token_id"], 0)
+            # Each asset type reads its own ledger: a V2 position read as CONDITIONAL answers "0" (WIRE.md 3a).
+            balance = _ledger_cache(state, asset_type).get(query["token_id"], 0)
         else:
             raise _err(400, ERR_ASSET_TYPE)
-        return {"balance": str(balance), "allowances": _allowances(clob.chain_id)}
+        return {"balance": str(balance), "allowances": _allowances(clob.chain_id, asset_type)}
 
 
-def _allowances(chain_id: int) -> dict[str, str]:
-    # V2 reports one allowance per spender; the fake's wallet has approved all three.
+CONDITIONAL_LEDGERS = ("CONDITIONAL", "CONDITIONAL-V2")
+"""CTF token ids, Protocol V2 position ids (docs.polymarket.com protocol-v2-migration)."""
+
+
+def _ledger_cache(state, asset_type: str) -> dict[str, int]:
+    return state.v2_cache if asset_type == "CONDITIONAL-V2" else state.cache
+
+
+def _ledger_chain(state, asset_type: str) -> dict[str, int]:
+    return state.v2_chain if asset_type == "CONDITIONAL-V2" else state.chain
+
+
+def _allowances(chain_id: int, asset_type: str | None = None) -> dict[str, str]:
+    # V2 reports one allowance per spender; the fake's wallet has approved all of them. V2 positions are
+    # spent by ExchangeV3 (docs: "Check its allowances entry for ExchangeV3").
     config = get_contract_config(chain_id)
-    spenders = (config.exchange_v2, config.neg_risk_exchange_v2, config.neg_risk_adapter)
+    spenders = ((config.exchange_v3,) if asset_type == "CONDITIONAL-V2"
+                else (config.exchange_v2, config.neg_risk_exchange_v2, config.neg_risk_adapter))
     return {spender: MAX_UINT256 for spender in spenders}
 
 
@@ -351,11 +378,11 @@ def update_balance_allowance(clob: FakeClob, query: dict[str, str], body: object
     asset_type = query.get("asset_type")
     state = clob._state
     with state.lock:
-        if asset_type == "CONDITIONAL":
+        if asset_type in CONDITIONAL_LEDGERS:
             token = query.get("token_id")
             if not token:
                 raise _err(400, ERR_INVALID_TOKEN)
-            state.cache[token] = state.chain.get(token, 0)
+            _ledger_cache(state, asset_type)[token] = _ledger_chain(state, asset_type).get(token, 0)
         elif asset_type != "COLLATERAL":
             raise _err(400, ERR_ASSET_TYPE)
     return ""   # empty 200 body (the client hands back "")
@@ -411,7 +438,13 @@ def _trade_matches(trade, query: dict[str, str], before: int | None, after: int 
     return after is None or trade.match_time >= after
 
 
+def get_rate_limit_tier(clob: FakeClob, query: dict[str, str], body: object) -> object:
+    # The shape is the fake's: the docs name the endpoint, not its body (WIRE.md section 7).
+    return {"tier": clob.signer_tier(clob.address)}
+
+
 PRIVATE = {
+    ("GET", "/v1/user/rate-limit-tier"): get_rate_limit_tier,
     ("GET", "/balance-allowance"): get_balance_allowance,
     ("GET", "/balance-allowance/update"): update_balance_allowance,
     ("POST", "/order"): post_order,

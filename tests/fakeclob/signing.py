@@ -40,8 +40,11 @@ def is_v1_shaped(order: dict) -> bool:
     return any(k in order for k in V1_ONLY_KEYS) or "timestamp" not in order
 
 
-def parse(order: dict, chain_id: int, neg_risk: bool) -> SignedOrder:
-    """Raises (KeyError/ValueError/TypeError) on anything the real CLOB would call an invalid payload."""
+def parse(order: dict, chain_id: int, neg_risk: bool, *, v2: bool = False) -> SignedOrder:
+    """Raises (KeyError/ValueError/TypeError) on anything the real CLOB would call an invalid payload.
+    The hash is taken in the domain the market's orders must be signed for: ExchangeV3, version "3", for a
+    Protocol V2 market (never neg-risk); CTFExchangeV2 or its neg-risk twin, version "2", otherwise. An
+    order signed for another domain then recovers to another address: `invalid signature`."""
     missing = [k for k in V2_KEYS if k not in order]
     if missing:
         raise KeyError(f"missing {missing}")
@@ -52,8 +55,11 @@ def parse(order: dict, chain_id: int, neg_risk: bool) -> SignedOrder:
     if maker_amount <= 0 or taker_amount <= 0:
         raise ValueError("amounts must be positive")
     config = get_contract_config(chain_id)
-    contract = config.neg_risk_exchange_v2 if neg_risk else config.exchange_v2
-    builder = ExchangeOrderBuilderV2(contract, chain_id, signer=None)
+    if v2:
+        contract, version = config.exchange_v3, "3"
+    else:
+        contract, version = (config.neg_risk_exchange_v2 if neg_risk else config.exchange_v2), "2"
+    builder = ExchangeOrderBuilderV2(contract, chain_id, signer=None, domain_version=version)
     unsigned = OrderV2(
         salt=str(int(order["salt"])), maker=order["maker"], signer=order["signer"],
         tokenId=str(order["tokenId"]), makerAmount=str(maker_amount), takerAmount=str(taker_amount),

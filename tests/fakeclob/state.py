@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -40,6 +41,11 @@ class Market:
     neg_risk: bool
     tokens: list[str]                      # [Yes, No]; a synthetic sibling fills the second slot
     synthetic: set[str] = field(default_factory=set)
+    v2: bool = False
+    """A Protocol V2 market: its shares sit in the PositionManager ledger and its orders are signed for
+    ExchangeV3 (WIRE.md section 3a)."""
+    closed: bool = False
+    """Closed or resolved (`FakeClob.close_market`): no order book, orders refused (WIRE.md section 2a)."""
 
     def outcome(self, token_id: str) -> str:
         return "Yes" if self.tokens and self.tokens[0] == token_id else "No"
@@ -132,10 +138,15 @@ class State:
         self.markets: dict[str, Market] = {}           # by condition id
         self.token_market: dict[str, str] = {}         # token id -> condition id
         self.bids: dict[str, list[Level]] = {}         # token id -> best first
-        self.chain: dict[str, int] = {}                # on-chain balance, raw
-        self.cache: dict[str, int] = {}                # the server's cached balance, raw
+        self.chain: dict[str, int] = {}                # on-chain balance, raw (the CTF ledger)
+        self.cache: dict[str, int] = {}                # the server's cached balance, raw (the CTF ledger)
+        self.v2_chain: dict[str, int] = {}             # the same two for the PositionManager ledger
+        self.v2_cache: dict[str, int] = {}
         self.orders: dict[str, Order] = {}             # every order that reached matching
+        self.not_ready: dict[str, int] = {}            # condition id -> orders still refused "not yet ready"
         self.trades: list[Trade] = []
+        self.listeners: list[Callable[[str, Trade | Order], None]] = []
+        """Called under the lock with ("trade", trade) or ("order", order) as either changes (the user channel)."""
         self.settlement = "manual"
         self.trades_page_size = 100
         self._ids = 0
@@ -152,13 +163,25 @@ class State:
         condition = self.token_market.get(token_id)
         return self.markets.get(condition) if condition else None
 
+    def ledger(self, token_id: str) -> tuple[dict[str, int], dict[str, int]]:
+        """(chain, cache) of the ledger that holds this token: PositionManager for a V2 market, else CTF."""
+        market = self.market_of(token_id)
+        return (self.v2_chain, self.v2_cache) if market is not None and market.v2 else (self.chain, self.cache)
+
     def settle(self, trade: Trade, status: str, now: int) -> None:
         """Move one pending trade on to `status`."""
         if status == "FAILED" and trade.side == "SELL":
             # The on-chain transfer reverted: the shares are the seller's again. The server cache
             # is not told; it catches up on /balance-allowance/update, as the real one does.
-            self.chain[trade.token_id] = self.chain.get(trade.token_id, 0) + trade.size_raw
+            chain = self.ledger(trade.token_id)[0]
+            chain[trade.token_id] = chain.get(trade.token_id, 0) + trade.size_raw
         if status in ("MINED", "CONFIRMED"):
             trade.transaction_hash = hex32(f"tx:{trade.id}")
         trade.status = status
         trade.last_update = now
+        self.publish("trade", trade)
+
+    def publish(self, kind: str, record: Trade | Order) -> None:
+        """A trade or an order changed: tell the listeners (the user channel), from the code that changed it."""
+        for listener in list(self.listeners):
+            listener(kind, record)

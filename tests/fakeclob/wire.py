@@ -25,6 +25,12 @@ ERR_DERIVE = "Could not derive api key!"                      # fake: wording no
 ERR_INVALID_TOKEN = "Invalid token id"
 ERR_NO_BOOK = "No orderbook exists for the requested token id"
 ERR_MARKET_NOT_FOUND = "market not found"
+ERR_MARKET_NOT_READY = "the market is not yet ready to process new orders"  # docs error-codes: not open *yet*
+
+
+def err_book_gone(condition_id: str) -> str:
+    """POST /order for a market that closed or resolved (seen in public bots' logs; WIRE.md section 2a)."""
+    return f"the orderbook {condition_id} does not exist"
 ERR_ORDER_PAYLOAD = "Invalid order payload"
 ERR_VERSION_MISMATCH = "order_version_mismatch"               # seen: polymarket-cli #69
 ERR_OWNER = "the order owner has to be the owner of the API KEY"

@@ -12,9 +12,13 @@ import exitguard.states
 NEVER_ESCAPES: dict[str, str] = {
     # The rate limiter's refusal to wait past `max_wait`: raised only when a caller passes max_wait, and the one
     # caller that does (PolymarketExchange.sell) turns it into a TransientError ("nothing sent").
-    "exitguard.exchange.polymarket.ratelimit.RateLimited": "caught in exchange/polymarket/adapter.py sell()",
+    "exitguard.exchange.polymarket.buckets.RateLimited": "caught in exchange/polymarket/adapter.py sell() and in "
+                                                         "ratelimit.py RateLimits.reserve()",
     # One failed line of `exitguard check --live`: caught inside the command and printed as a FAIL item.
     "exitguard.cli.check.CheckFailed": "caught in cli/check.py, printed as a checklist item",
+    # The user channel's: a frame it cannot read, and a subscription the server closed; both logged and skipped.
+    "exitguard.exchange.polymarket.channel_events.MalformedEvent": "caught in exchange/polymarket/channel.py _read()",
+    "exitguard.exchange.polymarket.channel._Refused": "caught in exchange/polymarket/channel.py follow()",
 }
 """Exceptions defined in the package that never reach a caller, each with where it is caught."""
 

@@ -66,8 +66,10 @@ EXCHANGE_ERRORS = [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
 
 @pytest.mark.parametrize("cls", EXCHANGE_ERRORS, ids=[cls.__name__ for cls in EXCHANGE_ERRORS])
 def test_each_typed_answer_is_one_answer_class(cls: type[errors.ExchangeError]) -> None:
-    # Nothing sold: a "no" of the exchange (sell_killed), or an order the adapter never sent (sell_expired).
-    assert cls.definitely_not_filled is (SELL_ANSWERS[cls.answer].trigger in ("sell_killed", "sell_expired"))
+    # Nothing sold: a "no" of the exchange (sell_killed, market_closed), or an order the adapter never sent
+    # (sell_expired).
+    assert cls.definitely_not_filled is (SELL_ANSWERS[cls.answer].trigger in ("sell_killed", "sell_expired",
+                                                                               "market_closed"))
     assert errors.answer_of(cls("x")) is cls.answer
 
 
@@ -102,3 +104,18 @@ def test_an_interrupted_or_restarted_position_is_settled_through_an_edge(name: s
         assert dest is State.SELLING and record.unresolved
     else:
         assert dest is State.OPEN and record.inflight is None
+
+
+def test_a_closed_market_is_its_own_outcome_never_retried_with_the_hint_to_redeem() -> None:
+    from exitguard.states import REDEEM_HINT, ExitOutcome
+
+    rule = SELL_ANSWERS[SellAnswer.MARKET_CLOSED]
+    assert (rule.trigger, rule.retryable) == ("market_closed", False)
+    assert AnswerEffect.REMEMBER_MARKET_CLOSED in rule.effects
+    for source in (State.VERIFYING, State.SELLING):
+        [edge] = [e for e in TABLE if e.source is source and e.trigger == "market_closed"]
+        assert edge.dest is State.OPEN, "the shares are still held: OPEN, to be redeemed"
+    report = REPORTS[("market_closed", State.OPEN)]
+    assert (report.event, report.outcome, report.hint) == ("exit_market_closed", ExitOutcome.MARKET_CLOSED,
+                                                           REDEEM_HINT)
+    assert str(ExitOutcome.MARKET_CLOSED) == "MARKET_CLOSED"

@@ -84,6 +84,12 @@ EXTRA_EDGES: dict[tuple[str, str, str], str] = {
     ("SELLING", "sell_expired", "OPEN"):
         "the permit went stale before the order left ('freshness is checked when the order is about to "
         "leave'): nothing was sent, which is no answer of the exchange's",
+    ("VERIFYING", "market_closed", "OPEN"):
+        "the public API's MARKET_CLOSED ('market no longer trades: redeem'): the rules read found the book gone; "
+        "the shares are still held, nothing is read further or sent",
+    ("SELLING", "market_closed", "OPEN"):
+        "the public API's MARKET_CLOSED: the sell was refused because the market closed after the verification; "
+        "a definite no that must not read as NOT_FILLED (a bot would retry it for ever)",
 }
 """Edges the table has beyond DESIGN.md's drawing, each with the design rule it makes explicit."""
 
@@ -91,6 +97,7 @@ DESIGN_TRIGGERS = (
     "request_exit",
     "balance_fetched",
     "verify_failed",
+    "market_closed",
     "sell_filled",
     "sell_killed",
     "sell_expired",
@@ -148,6 +155,8 @@ def payload(trigger: str, variant: str | None = None) -> dict[str, Any]:
         return {"error": "timeout"}
     if trigger == "sell_expired":
         return {"reason": "permit 2.5s old (max 2.0s); nothing sent"}
+    if trigger == "market_closed":
+        return {"reason": "No orderbook exists for the requested token id"}
     if trigger in ("resolved_not_filled", "resolved_gone"):
         return {}
     raise AssertionError(f"no payload for {trigger}")

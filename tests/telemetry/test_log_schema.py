@@ -43,6 +43,15 @@ EMITTED_ELSEWHERE: dict[str, str] = {
     "journal_write_failed": "tests/engine/test_journal_faults.py: needs a journal whose writes fail (disk full)",
     "shutdown_grace_expired": "tests/engine/test_lifetime.py: needs an exit that outlives the shutdown's grace "
                               "period (virtual time there; real waiting here)",
+    **{name: "tests/exchange/test_user_channel.py: needs the Polymarket adapter's user channel (the fake CLOB's "
+             "WebSocket); the fields are checked against this page there" for name in (
+        "user_channel_connected", "user_channel_disconnected", "user_channel_connect_failed",
+        "user_channel_auth_rejected", "user_channel_event_malformed", "user_channel_backfill",
+        "user_channel_failed")},
+    **{name: "tests/exchange/test_rate_tiers.py: needs the Polymarket adapter's rate limits and the fake CLOB's "
+             "per-signer buckets; the fields are checked against this page there" for name in (
+        "rate_tier_set", "rate_tier_read_failed", "rate_limited", "rate_limit_warning",
+        "rate_limit_header_malformed")},
 }
 """Event name -> why this run does not emit it (and what does), for events the paper run cannot produce."""
 
@@ -222,6 +231,11 @@ async def faults_the_demo_does_not_show(clock: FrozenClock) -> None:
         paper.corrupt_next_balance("corrupt", "NaN")
         await engine.exit("corrupt", reason="r", limit_price=P)
         await engine.exit("unsettled", reason="r", limit_price=P)
+        # a market that no longer trades (its book gone): MARKET_CLOSED, nothing sent
+        market(paper, "closed")
+        paper.close_market("closed")
+        engine.track(Position("closed", "closed", Decimal("10")))
+        await engine.exit("closed", reason="r", limit_price=P)
         # a permit that went stale before sending
         market(paper, "stale")
         engine.track(Position("stale", "stale", Decimal("10")))

@@ -60,11 +60,14 @@ async def a_few_exits(engine: ExitEngine, exchange: TimedPaper) -> None:
                                 ("e", "10", "0.10"), ("f", "10", "0.60"), ("g", "10", "0.60"), ("h", "10", "0.60")):
         exchange.set_balance(token, Decimal(balance))
         exchange.set_bids(token, [(Decimal(bid), Decimal("100"))])
-        engine.track(Position(token, token, Decimal("10")))
+        # Issue 14: a reading below the shares held is refreshed only inside the settlement window of the last
+        # buy (b's); elsewhere (c, d) it is the truth.
+        bought = exchange.manual.wall() if token == "b" else None
+        engine.track(Position(token, token, Decimal("10"), last_buy_at=bought))
     await engine.exit("a", reason="r", limit_price=P)   # CLOSED                  0.022  0.18
     await engine.exit("b", reason="r", limit_price=P)   # CLOSED, mismatch, 1 refresh   0.062  0.18
-    await engine.exit("c", reason="r", limit_price=P)   # ALREADY_EXITED, 1 refresh     0.062
-    await engine.exit("d", reason="r", limit_price=P)   # DUST (3 < 5), 1 refresh       0.062
+    await engine.exit("c", reason="r", limit_price=P)   # ALREADY_EXITED                0.022
+    await engine.exit("d", reason="r", limit_price=P)   # DUST (3 < 5)                  0.022
     await engine.exit("e", reason="r", limit_price=P)   # NOT_FILLED: FOK killed        0.022
     exchange.lose_next_sell_response()
     await engine.exit("f", reason="r", limit_price=P)   # UNKNOWN: SELLING, unresolved  0.022
@@ -90,16 +93,16 @@ def histogram(name: str, got: Samples) -> dict[str, float]:
 
 def expect_a_few_exits(got: Samples) -> None:
     verify = histogram("exitguard_verify_latency_seconds", got)
-    assert verify["count"] == 7 and verify["sum"] == pytest.approx(4 * 0.022 + 3 * 0.062)
+    assert verify["count"] == 7 and verify["sum"] == pytest.approx(6 * 0.022 + 1 * 0.062)
     assert {le: verify[le] for le in ("0.01", "0.025", "0.05", "0.075", "0.1", "15.0", "+Inf")} == {
-        "0.01": 0, "0.025": 4, "0.05": 4, "0.075": 7, "0.1": 7, "15.0": 7, "+Inf": 7}
+        "0.01": 0, "0.025": 6, "0.05": 6, "0.075": 7, "0.1": 7, "15.0": 7, "+Inf": 7}
     sell = histogram("exitguard_sell_latency_seconds", got)
     assert sell["count"] == 3 and sell["sum"] == pytest.approx(3 * 0.18)
     assert {le: sell[le] for le in ("0.15", "0.2", "+Inf")} == {"0.15": 0, "0.2": 3, "+Inf": 3}
 
     exits = {dict(labels)["outcome"]: value for (name, labels), value in got.items() if name == "exitguard_exits_total"}
     assert exits == {"CLOSED": 3, "ALREADY_EXITED": 1, "DUST": 1, "NOT_FILLED": 1, "UNKNOWN": 1, "VERIFY_FAILED": 1,
-                     "IN_PROGRESS": 0, "PAUSED": 0}
+                     "IN_PROGRESS": 0, "PAUSED": 0, "MARKET_CLOSED": 0}
     divergences = {dict(labels)["kind"]: value for (name, labels), value in got.items()
                    if name == "exitguard_divergences_total"}
     assert {kind: n for kind, n in divergences.items() if n} == {
@@ -109,7 +112,7 @@ def expect_a_few_exits(got: Samples) -> None:
     assert positions == {"OPEN": 2, "VERIFYING": 0, "SELLING": 1, "CLOSED": 3, "RECONCILED": 1, "DUST": 1}
     assert got[series("exitguard_unresolved_outcomes")] == 1
     assert got[series("exitguard_unsettled_sales")] == 1
-    assert got[series("exitguard_balance_refreshes_total")] == 3
+    assert got[series("exitguard_balance_refreshes_total")] == 1
     assert got[series("exitguard_verify_failures_total")] == 1
     assert got[series("exitguard_paused")] == 0
     assert got[series("exitguard_divergence_alerts_total")] == 0

@@ -1,68 +1,51 @@
 """PolymarketExchange: the exchange port on py-clob-client-v2 (CLOB V2).
 
-The client is synchronous (httpx), so every call runs in a worker thread under a capacity limiter, a
-rate-limit bucket and a deadline. Three of the client's habits are kept away from exits:
+The client builds and signs orders (EIP-712, with coincurve) and the L1/L2 auth headers; the adapter sends every
+request itself (transport.py: one `httpx.AsyncClient` on the event loop, keep-alive, no worker threads), under a
+rate-limit bucket and a deadline that is a cancel scope, and reads every answer's status, headers and body.
+Three of the client's habits are kept away from exits:
 - `post_order` polls /data/trades for up to 30 s when a match has no settlement hash yet; a "matched"
   reply already is the fill, so the adapter posts the signed order itself and follows settlement later;
 - `retry_on_error=True` re-posts once on 5xx or a dropped connection; the adapter's post never retries
   (a re-post is answered "Duplicated" and may double an exit's risk);
-- the client's module-global httpx client has a fixed 5 s timeout; the adapter sets its own deadline,
-  and a post that outlives it is an unknown outcome, never a failure.
+- its HTTP helpers log every non-200 at ERROR through stdlib logging and parse bodies with `resp.json()`;
+  the adapter logs nothing there and parses with a depth and size guard.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self
 
 import anyio
-import anyio.to_thread
 from py_clob_client_v2.client import ClobClient
-from py_clob_client_v2.clob_types import (
-    BalanceAllowanceParams,
-    OrderType,
-    RequestArgs,
-    TradeParams,
-)
-from py_clob_client_v2.endpoints import POST_ORDER
-from py_clob_client_v2.exceptions import PolyApiException, PolyException
-from py_clob_client_v2.headers.headers import create_level_2_headers
-from py_clob_client_v2.http_helpers import helpers as http
-from py_clob_client_v2.order_utils.model.order_data_v2 import order_to_json_v2
 
 from exitguard.clock import Clock, SystemClock
 from exitguard.errors import ExchangeError, OrderRejected, TransientError, UnknownOutcome
-from exitguard.exchange.polymarket import answers, history, reads
+from exitguard.exchange.polymarket import answers, endpoints, history, reads
+from exitguard.exchange.polymarket.channel import AUTO, FollowsUserChannel, user_channel
 from exitguard.exchange.polymarket.orders import ORDER_VERSION, ExactAmountsBuilder, SignedSell, sign_sell
-from exitguard.exchange.polymarket.positions import ledger_of
-from exitguard.exchange.polymarket.ratelimit import Family, Limit, RateLimited, RateLimits
-from exitguard.exchange.polymarket.secrets import (
-    MaskedBody,
-    MaskedCreds,
-    MaskedHeaders,
-    mask_text,
-    own_call,
-    own_calls,
-    secure_client,
-)
+from exitguard.exchange.polymarket.ratelimit import TIER_PATH, Family, Limit, RateLimited, RateLimits, Tier
+from exitguard.exchange.polymarket.secrets import MaskedCreds, MaskedHeaders, mask_text, secure_client
 from exitguard.exchange.polymarket.settings import PolymarketSettings
+from exitguard.exchange.polymarket.transport import Answer, NoAnswer, Transport, read_body
 from exitguard.exchange.port import Fill, LookupStatus, SellDeadline, SellLookup, Settlement
 from exitguard.settings import parse_count, parse_seconds
 from exitguard.states import InvalidValue, MarketRules, PermitError, SellPermit
 
-T = TypeVar("T")
 
-
-class PolymarketExchange:
-    """The real exchange. Build it from a `ClobClient` (L2: key and API credentials) or from settings:
+class PolymarketExchange(FollowsUserChannel):  # the port's optional follow_fills: channel.py
+    """The real exchange. Build it from a `ClobClient` (L2: key and API credentials) or from settings, and close
+    it when done (its connections belong to the event loop it ran in):
 
     ```python
-    exchange = PolymarketExchange.from_settings(PolymarketSettings.from_env())
+    async with PolymarketExchange.from_settings(PolymarketSettings.from_env()) as exchange:
+        ...
     ```
     """
 
@@ -71,24 +54,28 @@ class PolymarketExchange:
         client: ClobClient,
         *,
         call_timeout: float = 5.0,
-        max_threads: int = 32,
+        max_connections: int = 32,
         max_order_wait: float = 0.5,
         rate_limits: dict[Family, Limit] | None = None,
+        rate_tier: Tier | str | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Any] | None = None,
+        user_channel_url: str | None = AUTO,
     ) -> None:
         if not isinstance(client, ClobClient):
             raise InvalidValue("client", type(client).__name__, "must be a py_clob_client_v2 ClobClient")
         if client.signer is None:
             raise InvalidValue("client", "ClobClient without a key", "selling needs a signing key (L1)")
-        parse_count(max_threads, "max_threads")
         secure_client(client)  # masked key and credentials (same values), and the HTTP logs redact them
         self.client = client
         self.call_timeout = parse_seconds(call_timeout, "call_timeout")
         self.max_order_wait = parse_seconds(max_order_wait, "max_order_wait", allow_zero=True)
         self.clock: Clock = clock or SystemClock()
-        self.limits = RateLimits(rate_limits, now=self.clock.monotonic, sleep=sleep or anyio.sleep)
-        self._threads = anyio.CapacityLimiter(max_threads)
+        self.limits = RateLimits(rate_limits, now=self.clock.monotonic, sleep=sleep or anyio.sleep, tier=rate_tier,
+                                 wall=lambda: self.clock.wall().timestamp())
+        self.user_channel = user_channel(client.host, user_channel_url)  # None: off (channel.py)
+        self.transport = Transport(client.host, max_connections=parse_count(max_connections, "max_connections"),
+                                   timeout=self.call_timeout)
         self._builder = ExactAmountsBuilder(client.signer, client.builder.signature_type, client.builder.funder)
         self._markets: dict[str, reads.TokenMarket] = {}
         self._warming: dict[str, anyio.Event] = {}
@@ -99,11 +86,12 @@ class PolymarketExchange:
         """attempt id -> the order signed for it; kept so that a lost answer can be looked up by id."""
         self._creds_lock = anyio.Lock()
         self._posting: set[str] = set()
-        """Order ids whose POST thread has not returned: the request may still be on its way out."""
+        """Order ids whose POST has not returned: the request may still be on its way out."""
         self._left: dict[str, float] = {}
-        """Order id -> when its POST thread returned (monotonic): the request left our hands."""
+        """Order id -> when its POST returned or was cancelled (monotonic): the request left our hands."""
         self._given_up: dict[str, float] = {}
-        """Order id -> when `sell` returned or raised (monotonic); a worker may outlive it."""
+        """Order id -> when `sell` returned or raised (monotonic). With cancel scopes both are the same moment;
+        `left_late` stays in the port for adapters whose request can outlive the call."""
 
     @classmethod
     def from_settings(cls, settings: PolymarketSettings, **options: Any) -> PolymarketExchange:
@@ -120,7 +108,18 @@ class PolymarketExchange:
         except Exception as err:  # noqa: BLE001 - the client's own errors may quote the key
             raise InvalidValue("POLYMARKET_PRIVATE_KEY", "<redacted>",
                                f"the client refused the settings ({type(err).__name__})") from None
-        return cls(client, **options)
+        return cls(client, **{"rate_tier": settings.rate_tier, "user_channel_url": settings.channel_url, **options})
+
+    async def aclose(self) -> None:
+        """Close the connections (idempotent; the exchange opens new ones if used again)."""
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.aclose()
 
     @property
     def wallet(self) -> str:
@@ -135,8 +134,8 @@ class PolymarketExchange:
 
     async def get_balance(self, token_id: str) -> object:
         await self._ensure_creds()
-        params = BalanceAllowanceParams(asset_type=ledger_of(token_id), token_id=token_id)
-        body = await self._read(Family.BALANCE, "balance", self.client.get_balance_allowance, params)
+        body = await self._read(Family.BALANCE, "balance", endpoints.GET_BALANCE_ALLOWANCE,
+                                endpoints.balance_params(self.client, token_id))
         if not isinstance(body, dict) or "balance" not in body:
             raise TransientError(f"balance-allowance for token_id={token_id}: answer without a balance: "
                                  f"{_short(body)}")
@@ -144,15 +143,20 @@ class PolymarketExchange:
 
     async def refresh_balance(self, token_id: str) -> None:
         await self._ensure_creds()
-        params = BalanceAllowanceParams(asset_type=ledger_of(token_id), token_id=token_id)
-        await self._read(Family.BALANCE_UPDATE, "balance refresh", self.client.update_balance_allowance, params)
+        await self._read(Family.BALANCE_UPDATE, "balance refresh", endpoints.UPDATE_BALANCE_ALLOWANCE,
+                         endpoints.balance_params(self.client, token_id))
 
     async def market_rules(self, token_id: str) -> MarketRules:
         return (await self._market(token_id)).rules
 
     async def warm_up(self, token_id: str) -> None:
         await self._ensure_creds()
+        await self._read_tier()
         await self._market(token_id)
+
+    async def reserve_sell(self, attempt_id: str) -> None:
+        """The port's optional reservation (port.py): the order's IP and signer slots, taken before the balance read."""
+        await self.limits.reserve(attempt_id)
 
     async def prepare_sell(self, permit: SellPermit, limit_price: Decimal) -> str:
         return (await self._prepare(permit, limit_price)).order_id
@@ -183,34 +187,39 @@ class PolymarketExchange:
             raise PermitError(f"polymarket: permit {permit.attempt_id} already used; nothing sent")
         signed = await self._prepare(permit, limit_price)
         self._prepared.pop(permit.attempt_id, None)
+
+        # The order slot. The permit's verification ages while the post waits: past `max_order_wait`, or past the
+        # permit's own deadline, give the slot up (nothing sent) and let the next attempt verify afresh.
         try:
-            # The permit's verification ages while the post waits: past `max_order_wait`, or past the
-            # permit's own deadline, give the slot up (nothing sent) and let the next attempt verify afresh.
-            await self.limits.acquire(Family.ORDER, max_wait=max(0.0, min(self.max_order_wait, deadline.remaining())))
+            await self.limits.acquire_order(permit.attempt_id, max(0.0, min(self.max_order_wait, deadline.remaining())))
         except RateLimited as err:
             deadline.check(f"order {signed.order_id}")
             raise TransientError(f"order for {permit.token_id}: {err}; nothing sent") from None
+
         deadline.check(f"order {signed.order_id}")
         self._signed[permit.attempt_id] = signed
-        self._posting.add(signed.order_id)
         try:
-            with anyio.fail_after(self.call_timeout):
-                status, body = await anyio.to_thread.run_sync(self._post, signed, deadline, limiter=self._threads,
-                                                              abandon_on_cancel=True)
-        except TimeoutError:
-            raise UnknownOutcome(f"order {signed.order_id}: no answer within {self.call_timeout}s; it may "
-                                 "have executed") from None
+            answer = await self._post(signed, deadline)
         finally:
             self._given_up[signed.order_id] = self.clock.monotonic()
-        answer = answers.post_answer(status, body, signed)
-        if isinstance(answer, ExchangeError):
-            if answers.is_version_mismatch(body):
+        if isinstance(answer, NoAnswer):
+            if not answer.maybe_sent:  # a connect that failed (or timed out) before any byte was written
+                raise TransientError(f"order {signed.order_id}: cannot reach {self.client.host}: {answer.cause}; "
+                                     "nothing sent")
+            if answer.timed_out:
+                raise UnknownOutcome(f"order {signed.order_id}: no answer within {self.call_timeout}s; it may "
+                                     "have executed") from None
+            result = answers.post_answer(None, answer.cause, signed)
+        else:
+            result = answers.post_answer(answer.status, answer.readable_body, signed)
+        if isinstance(result, ExchangeError):
+            if isinstance(answer, Answer) and answers.is_version_mismatch(answer.body):
                 self._version = None
-            elif isinstance(answer, OrderRejected):
+            elif isinstance(result, OrderRejected):
                 # Tick and minimum size can change (ticks shrink near 0 and 1): look them up again next time.
                 self._markets.pop(permit.token_id, None)
-            raise answer
-        return answer
+            raise result
+        return result
 
     async def lookup_sell(self, permit: SellPermit, order_id: str | None = None) -> SellLookup:
         """What the exchange shows of the order (exitguard.exchange.polymarket.reads): the order endpoint
@@ -228,7 +237,7 @@ class PolymarketExchange:
         late = max(0.0, self._left.get(ref.order_id, 0.0) - self._given_up.get(ref.order_id, math.inf))
         await self._ensure_creds()
         try:
-            order = await self._read(Family.ORDER_LOOKUP, "order lookup", self.client.get_order, ref.order_id)
+            order = await self._read(Family.ORDER_LOOKUP, "order lookup", endpoints.order_path(ref.order_id))
         except TransientError as err:
             if err.status != 404:
                 raise
@@ -239,8 +248,7 @@ class PolymarketExchange:
             shown = reads.order_lookup(order, await self._trades(reads.associated_trades(order)), ref)
             if shown.status in (LookupStatus.FILLED, LookupStatus.NOT_FILLED):
                 return replace(shown, left_late=late)
-        params = TradeParams(asset_id=ref.token_id, after=ref.trades_after)
-        recent = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, params)
+        recent = await self._trade_pages("trade lookup", asset_id=ref.token_id, after=ref.trades_after)
         found = reads.lookup_from_trades(recent, ref)
         if found.status is LookupStatus.NOT_FOUND and shown is not None:
             found = shown  # the order endpoint shows it, not finished: it may still fill
@@ -254,8 +262,8 @@ class PolymarketExchange:
         query = history.trades_query(str(self.client.builder.funder or self.client.signer.address()), since)
         pages = history.SalesPages(self.wallet)
         while not pages.done:
-            pages.read(await self._read(Family.TRADES, "trade audit", history.get_trades_page, self.client, query,
-                                        pages.cursor))
+            pages.read(await self._read(Family.TRADES, "trade audit", endpoints.TRADES,
+                                        history.page_params(query, pages.cursor)))
         return pages.orders()
 
     async def settlement(self, fill: Fill) -> Settlement:
@@ -265,29 +273,40 @@ class PolymarketExchange:
     async def _trades(self, trade_ids: tuple[str, ...]) -> list[dict[str, Any]]:
         trades: list[dict[str, Any]] = []
         for trade_id in trade_ids:
-            found = await self._read(Family.TRADES, "trade lookup", self.client.get_trades, TradeParams(id=trade_id),
-                                     True)
-            trades.extend(t for t in found or [] if isinstance(t, dict) and t.get("id") == trade_id)
+            found = await self._trade_pages("trade lookup", trade_id=trade_id, first_page_only=True)
+            trades.extend(t for t in found if isinstance(t, dict) and t.get("id") == trade_id)
         return trades
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _post(self, signed: SignedSell, deadline: SellDeadline) -> tuple[int | None, object]:
-        """One POST /order, in a worker thread. Returns (status, body); never raises for an HTTP answer.
-        Raises PermitExpired, with nothing sent, when waiting for this thread outlived the permit."""
-        deadline.check(f"order {signed.order_id}")
+    async def _post(self, signed: SignedSell, deadline: SellDeadline) -> Answer | NoAnswer:
+        """One POST /order, never retried. Raises PermitExpired, with nothing sent, when the wait for a
+        connection outlived the permit: the deadline is checked again right before the first byte is written."""
+        body = endpoints.order_body(self.client, signed.order)
+        headers = endpoints.l2_headers(self.client, "POST", endpoints.POST_ORDER, body)
+        self._posting.add(signed.order_id)
         try:
-            return 200, post_fok(self.client, signed.order)
-        except PolyApiException as err:
-            return err.status_code, err.error_msg
-        except Exception as err:  # noqa: BLE001 - an answer the client could not hand over (a body nested too
-            # deep to parse, a broken stream) came after the order left: no status, so WIRE_ANSWERS says UNKNOWN.
-            return None, f"{type(err).__name__} while reading the answer"
+            with anyio.move_on_after(self.call_timeout) as scope:
+                answer = await self.transport.request("POST", endpoints.POST_ORDER, headers=headers, content=body,
+                                                      before_send=lambda: deadline.check(f"order {signed.order_id}"))
+            if scope.cancelled_caught:
+                return NoAnswer("timed out", maybe_sent=True, timed_out=True)
         finally:
-            # The request has left our hands only now that this thread returns: the lookup horizon counts
-            # from here, and until here a lookup cannot conclude anything.
+            # The request has left our hands only now (answered, failed, or cancelled with its connection
+            # closed): the lookup horizon counts from here, and until here a lookup cannot conclude anything.
             self._left[signed.order_id] = self.clock.monotonic()
             self._posting.discard(signed.order_id)
+        if isinstance(answer, Answer):
+            self.limits.observe(Family.ORDER, answer.status, answer.headers)
+        return answer
+
+    async def _read_tier(self) -> None:
+        """The signer's rate-limit tier, read once at warm-up (ratelimit.py); a failed read keeps the tier in use."""
+        if self.limits.begin_tier_read():
+            try:
+                self.limits.tier_read(await self._read(Family.GENERAL, "rate-limit tier", TIER_PATH))
+            except ExchangeError as err:
+                self.limits.tier_read(err)
 
     async def _market(self, token_id: str) -> reads.TokenMarket:
         while True:
@@ -302,7 +321,8 @@ class PolymarketExchange:
             await warming.wait()
         done = self._warming[token_id] = anyio.Event()
         try:
-            book = await self._read(Family.BOOK, "order book", self.client.get_order_book, token_id)
+            book = await self._read(Family.BOOK, "order book", endpoints.GET_ORDER_BOOK, {"token_id": token_id},
+                                    auth=False)
             market = reads.market_from_book(token_id, book)
             await self._order_version()
         finally:
@@ -314,7 +334,11 @@ class PolymarketExchange:
     async def _order_version(self) -> int:
         version = self._version
         if version is None:
-            version = self._version = int(await self._read(Family.GENERAL, "version", self.client.get_version))
+            try:
+                body = await self._read(Family.GENERAL, "version", endpoints.VERSION, auth=False)
+            except TransientError:
+                body = None
+            version = self._version = endpoints.version_of(body, ORDER_VERSION)
         return version
 
     async def _ensure_creds(self) -> None:
@@ -322,44 +346,34 @@ class PolymarketExchange:
             return
         async with self._creds_lock:
             if self.client.creds is None:
-                creds = await self._read(Family.GENERAL, "API key derivation", self.client.derive_api_key)
-                self.client.set_api_creds(creds)
+                body = await self._read(Family.GENERAL, "API key derivation", endpoints.DERIVE_API_KEY, auth=None)
+                self.client.set_api_creds(endpoints.derived_creds(body))
                 secure_client(self.client)
 
-    async def _read(self, family: Family, what: str, call: Callable[..., T], *args: object) -> T:
-        """A call that changes nothing on the exchange: on timeout or transport error it failed, no more."""
+    async def _trade_pages(self, what: str, *, asset_id: str | None = None, after: int | None = None,
+                           trade_id: str | None = None, first_page_only: bool = False) -> list[object]:
+        """Every trade of a GET /data/trades query (or its first page), each page its own request (history.py)."""
+        pages = history.TradePages(what, first_page_only=first_page_only)
+        while not pages.done:
+            pages.read(await self._read(Family.TRADES, what, endpoints.TRADES, endpoints.trade_params(
+                asset_id=asset_id, after=after, trade_id=trade_id, cursor=pages.cursor)))
+        return pages.found
+
+    async def _read(self, family: Family, what: str, path: str, params: dict[str, str] | None = None, *,
+                    auth: bool | None = True) -> object:
+        """A GET that changes nothing on the exchange: on timeout or transport error it failed, no more.
+        `auth`: True for the L2 (API key) headers, None for L1 (the signer's), False for none."""
         await self.limits.acquire(family)
-        try:
-            with anyio.fail_after(self.call_timeout):
-                return await anyio.to_thread.run_sync(own_call(call), *args, limiter=self._threads,
-                                                      abandon_on_cancel=True)
-        except TimeoutError:
-            raise TransientError(f"{what}: no answer within {self.call_timeout}s") from None
-        except PolyApiException as err:
-            if err.status_code is None:  # no answer: say which host and why, as the operating system put it
-                raise TransientError(f"{what}: cannot reach {self.client.host}: {reads.transport_cause(err)}") \
-                    from None
-            raise reads.read_error(what, err.status_code, err.error_msg) from None
-        except PolyException as err:
-            raise TransientError(f"{what}: {err.msg}") from None
-        except Exception as err:  # noqa: BLE001 - the client indexes bodies it never checked (a page without
-            # "data", an HTML answer): for a read that changes nothing, any of it is a failed read, no more.
-            raise TransientError(f"{what}: unreadable answer ({type(err).__name__}: {mask_text(str(err)[:100])})") \
-                from None
-
-
-def post_fok(client: ClobClient, order: Any) -> object:
-    """POST /order of a signed order as FOK, once: the bytes `post_order` sends, without its settlement
-    polling and without a retry. Raises PolyApiException for a non-200 answer or a transport error."""
-    payload = order_to_json_v2(order, client.creds.api_key, OrderType.FOK, False, False)
-    serialized = MaskedBody(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
-    if client.signer is None or client.creds is None:
-        raise PolyException("L2 auth needs a signer and API credentials")
-    # The client's public header builder, with the exact bytes that are sent (HMAC over the serialized body).
-    headers = MaskedHeaders(create_level_2_headers(client.signer, client.creds, RequestArgs(
-        method="POST", request_path=POST_ORDER, body=payload, serialized_body=serialized)))
-    with own_calls():
-        return http.post(f"{client.host}{POST_ORDER}", headers=headers, data=serialized, retry_on_error=False)
+        if auth:
+            headers = endpoints.l2_headers(self.client, "GET", path)
+        else:
+            headers = endpoints.l1_headers(self.client) if auth is None else MaskedHeaders()
+        answer: Answer | NoAnswer = NoAnswer("timed out", maybe_sent=True, timed_out=True)
+        with anyio.move_on_after(self.call_timeout):
+            answer = await self.transport.request("GET", path, headers=headers, params=params)
+        if isinstance(answer, Answer):
+            self.limits.observe(family, answer.status, answer.headers)
+        return read_body(what, answer, host=self.client.host, timeout=self.call_timeout)
 
 
 def _short(body: object, limit: int = 200) -> str:

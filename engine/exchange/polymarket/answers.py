@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from exitguard.errors import (
     ExchangeError,
     InsufficientBalance,
+    MarketClosed,
     OrderKilled,
     OrderRejected,
     TransientError,
@@ -194,11 +195,20 @@ MALFORMED = (
     "invalid order payload", ORDER_VERSION_MISMATCH, "the order owner has to be the owner of the api key",
     "the order signer address has to be the address of the api key", "invalid token id", "invalid signature",
     "invalid amounts", "breaks minimum tick size rule", "lower than the minimum", "invalid expiration",
-    "no orderbook exists for the requested token id", "market not found", "maker address not allowed",
+    "market not found", "maker address not allowed",
+    # MARKET_NOT_READY ("system not accepting orders for market yet"): a market not open *yet*, never a closed one.
     "the market is not yet ready to process new orders", *CREDENTIALS,
 )
 """Refusals of the order as written, or of its sender, before matching: tick, minimum size, amounts, payload,
 signer, credentials, market state."""
+
+
+def refused_for_closed_market(reply: Reply) -> bool:
+    """The exchange refused the order because the market's book is gone: `the orderbook <condition> does not
+    exist` (the id sits between the words), or the book endpoints' `No orderbook exists for the requested token
+    id`. "not yet ready to process new orders" names no orderbook: it is no closed market."""
+    words = reply.refusal
+    return "no orderbook exists" in words or ("orderbook" in words and "does not exist" in words)
 
 WIRE_ANSWERS: tuple[WireRule, ...] = (
     WireRule(no_status, UnknownOutcome,
@@ -262,6 +272,13 @@ WIRE_ANSWERS: tuple[WireRule, ...] = (
              says="{text}",
              meaning="FOK (or FAK) killed: nothing to match at the limit",
              source=f"{CREATE_ORDER_DOCS} FOK_ORDER_NOT_FILLED_ERROR; {WIRE_MD} section 4 (FOK and FAK rows)"),
+    WireRule(refused_for_closed_market, MarketClosed,
+             says="HTTP {status}, the market no longer trades: {text}",
+             meaning="refused: the market closed or resolved and its order book is gone; nothing sold, and no "
+                     "retry can sell (the shares are redeemed on chain)",
+             source=f"{WIRE_MD} section 2a (`the orderbook <condition id> does not exist` on POST /order of a "
+                    f"resolved market, seen in public bots' logs; `No orderbook exists for the requested token id`, "
+                    f"{ERROR_CODES_DOCS} Order Book, answered for resolved markets: pmxt #836)"),
     WireRule(refused_with(*MALFORMED), OrderRejected,
              says="HTTP {status}: {text}",
              meaning="refused before matching: tick, minimum size, amounts, payload, signer, credentials, market",

@@ -2,8 +2,8 @@
 
 GET /data/trades (L2; tests/fakeclob/WIRE.md section 6) filtered by our address (`maker_address`, the trade's own
 party: the funder that signs our orders) and `after` (unix seconds, inclusive), read page by page until the cursor
-"LTE=". Each page is one request of its own (its own deadline and rate-limit slot), fetched here rather than through
-the client's `get_trades`, which reads every page in one call and takes a page without `data` for an empty one.
+"LTE=". Each page is one request of its own (its own deadline and rate-limit slot), sent by the adapter; the client's
+`get_trades` reads every page in one call and takes a page without `data` for an empty one.
 
 Strict on purpose: a failed query is not an empty one. A page that is not an object with a `data` list of trade
 objects and a `next_cursor`, a cursor that repeats, more than MAX_PAGES pages, or a sale of ours whose order id is
@@ -20,16 +20,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from py_clob_client_v2.client import ClobClient
-from py_clob_client_v2.clob_types import RequestArgs
 from py_clob_client_v2.constants import END_CURSOR, INITIAL_CURSOR
-from py_clob_client_v2.endpoints import TRADES
-from py_clob_client_v2.exceptions import PolyException
-from py_clob_client_v2.headers.headers import create_level_2_headers
-from py_clob_client_v2.http_helpers import helpers as http
 
 from exitguard.errors import TransientError
-from exitguard.exchange.polymarket.secrets import MaskedHeaders, own_calls
 
 MAX_PAGES = 1000
 """100,000 trades at the documented page size of 100: past that, the query is refused rather than left half read."""
@@ -41,15 +34,37 @@ def trades_query(address: str, since: datetime) -> dict[str, str]:
     return {"maker_address": address, **({"after": str(after)} if after > 0 else {})}
 
 
-def get_trades_page(client: ClobClient, query: dict[str, str], cursor: str) -> object:
-    """One GET /data/trades page as the server wrote it (L2 headers signed over the path without the query, as the
-    client signs them). Raises PolyApiException for a non-200 answer or a transport error."""
-    if client.signer is None or client.creds is None:
-        raise PolyException("L2 auth needs a signer and API credentials")
-    headers = MaskedHeaders(create_level_2_headers(client.signer, client.creds,
-                                                   RequestArgs(method="GET", request_path=TRADES)))
-    with own_calls():
-        return http.get(f"{client.host}{TRADES}", headers=headers, params={**query, "next_cursor": cursor})
+def page_params(query: dict[str, str], cursor: str) -> dict[str, str]:
+    """The query of one GET /data/trades page (the adapter sends it, L2 headers signed over the path without the
+    query, as the client signs them)."""
+    return {**query, "next_cursor": cursor}
+
+
+class TradePages:
+    """The pages of one GET /data/trades query read so far (the adapter's lookups: a token's trades, a trade by id).
+    A page that is not an object with a `data` list, or a cursor that repeats or never ends, fails the query."""
+
+    def __init__(self, what: str, *, first_page_only: bool = False) -> None:
+        self.what = what
+        self.first_page_only = first_page_only
+        self.cursor = INITIAL_CURSOR
+        self.done = False
+        self.found: list[object] = []
+        self._seen = {INITIAL_CURSOR}
+
+    def read(self, page: object) -> None:
+        if not isinstance(page, dict) or not isinstance(page.get("data"), list):
+            raise TransientError(f"{self.what}: unreadable answer {str(page)[:200]}")
+        self.found.extend(page["data"])
+        cursor = page.get("next_cursor")
+        if self.first_page_only or cursor == END_CURSOR:
+            self.done = True
+        elif not isinstance(cursor, str) or not cursor or cursor in self._seen or len(self._seen) > MAX_PAGES:
+            raise TransientError(f"{self.what}: the trade pages did not end after {len(self._seen)} "
+                                 f"(cursor {str(cursor)[:40]!r})")
+        else:
+            self._seen.add(cursor)
+            self.cursor = cursor
 
 
 class SalesPages:

@@ -13,11 +13,13 @@ is not an empty one.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from exitguard.errors import ExchangeError, TransientError
+from exitguard.errors import ExchangeError, MarketClosed, TransientError
 from exitguard.exchange.port import Fill, LookupStatus, SellLookup, Settlement, SettlementStatus
 from exitguard.exchange.rules import market_rules
 from exitguard.states import InvalidValue, MarketRules, SellPermit, shares_to_micro
@@ -59,31 +61,54 @@ def wire_price(value: object) -> Decimal | None:
         return Decimal(micro).scaleb(-6)
 
 
+BOOK_GONE = "no orderbook exists for the requested token id"
+"""GET /book (and /price, /midpoint, /spread) of a token without a book: 404 with this `error`. A market that
+closed or resolved has none (WIRE.md section 2a; docs error-codes "Order Book"); of those endpoints the adapter
+reads only /book."""
+
+
+def book_gone(status: int | None, body: object) -> bool:
+    """The documented 404 of a token whose order book is gone: the market no longer trades."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return status == 404 and isinstance(error, str) and BOOK_GONE in error.lower()
+
+
 def read_error(what: str, status: int | None, body: object) -> ExchangeError:
-    """A failed read (balance, market, lookup): nothing changed on the exchange, whatever the answer."""
+    """A failed read (balance, market, lookup): nothing changed on the exchange, whatever the answer. The one
+    answer that says more is a book that is gone: MarketClosed, no retry will find one."""
     text = _error_text(body) or "no answer"
+    if book_gone(status, body):
+        return MarketClosed(f"{what}: HTTP {status}: {text}: the market no longer trades", status=status)
     if status is None:
         return TransientError(f"{what}: connection failed: {text}")
     return TransientError(f"{what}: HTTP {status}: {text}", status=status)
 
 
-def transport_cause(err: BaseException) -> str:
-    """Why a request never got an answer, read from what the client chained under its bare "Request
-    exception!": the operating system's words ("connection refused", "name or service not known") when an
-    OSError is in the chain, else the transport's own exception named (never its text: it may quote a URL
-    with a query). For an operator's message: `cannot reach <host>: <cause>`."""
+def transport_cause(err: BaseException, *, start: BaseException | None = None) -> str:
+    """Why a request never got an answer, read from the exception chain under `err` (from `start` itself when
+    given): the operating system's words ("connection refused", "name or service not known") when an OSError
+    is in the chain, "timed out" for a timeout, else the transport's own exception named (never its text: it may
+    quote a URL with a query). For an operator's message: `cannot reach <host>: <cause>`."""
     seen: set[int] = set()
-    link: BaseException | None = err.__cause__ or err.__context__
+    link: BaseException | None = start if start is not None else err.__cause__ or err.__context__
     named = ""
     while link is not None and id(link) not in seen:
         seen.add(id(link))
-        if isinstance(link, OSError) and link.strerror:
-            return link.strerror.lower()
+        if isinstance(link, OSError) and (words := _os_words(link)):
+            return words
         if isinstance(link, TimeoutError) or "Timeout" in type(link).__name__:
             return "timed out"
         named = named or type(link).__name__
         link = link.__cause__ or link.__context__
     return f"transport error ({named})" if named else "no answer (the connection failed)"
+
+
+def _os_words(err: OSError) -> str:
+    """The system's message for the error: the resolver's own for a failed lookup, else the errno's (asyncio
+    writes "Connect call failed (...)" where the system says "Connection refused")."""
+    if isinstance(err, socket.gaierror) or not err.errno or err.errno < 0:
+        return (err.strerror or "").lower()
+    return os.strerror(err.errno).lower()
 
 
 def _error_text(body: object) -> str:
@@ -218,6 +243,10 @@ def market_from_book(token_id: str, book: object) -> TokenMarket:
     """Tick size, minimum order size and neg-risk from GET /book (one round trip per token)."""
     if not isinstance(book, dict):
         raise TransientError(f"order book for token_id={token_id}: unreadable answer {str(book)[:200]}")
+    if book.get("closed") is True:
+        # No source shows /book carrying `closed` (the market objects do: WIRE.md section 2a); read if it ever
+        # does, since a book of a closed market must never be taken for one to sell into.
+        raise MarketClosed(f"order book for token_id={token_id}: the market is closed")
     try:
         rules = market_rules(tick_size=book["tick_size"], min_order_size=book["min_order_size"])
     except (KeyError, InvalidValue) as err:

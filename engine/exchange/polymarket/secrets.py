@@ -20,9 +20,10 @@ import hmac
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from contextvars import ContextVar
+from typing import Any
 
 from eth_account import Account
 from py_clob_client_v2.clob_types import ApiCreds
@@ -32,7 +33,6 @@ REDACTED = "<redacted>"
 _HEX_KEY = re.compile(r"(?<![0-9A-Za-z])(?:0x)?[0-9a-fA-F]{64}(?![0-9A-Za-z])")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_=-]{24,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-T = TypeVar("T")
 
 
 def _secret_runs(text: str) -> Iterator[re.Match[str]]:
@@ -183,12 +183,9 @@ HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.htt
 py-clob-client-v2): httpx logs the request line, httpcore its trace events, hpack the HTTP/2 header blocks
 (names and values at DEBUG), the client its failed requests."""
 
-class _Calls(threading.local):
-    depth = 0
-    """How many of the adapter's own calls this thread is inside."""
-
-
-_calls = _Calls()
+_own_calls: ContextVar[int] = ContextVar("exitguard_own_http_calls", default=0)
+"""How many of the adapter's own calls this task (or thread) is inside: a context variable, so that another
+library's request on the same event loop, between two of ours, is not taken for one of ours."""
 
 
 class RedactSecrets(logging.Filter):
@@ -210,7 +207,7 @@ class RedactSecrets(logging.Filter):
         hidden = message
         for each in list(self._secrets):
             hidden = hidden.replace(each.reveal(), REDACTED)
-        if record.name.startswith("hpack.") and _calls.depth and "header block" in hidden:
+        if record.name.startswith("hpack.") and _own_calls.get() and "header block" in hidden:
             hidden = "hpack: HTTP/2 header block of an exitguard request (redacted: it carries API credentials)"
         if hidden != message:
             record.msg, record.args = hidden, ()
@@ -233,23 +230,14 @@ def redact_http_logs(*secrets: Secret) -> None:
             logger.addFilter(REDACTION)
 
 
-def own_call(call: Callable[..., T]) -> Callable[..., T]:
-    """`call`, marked as one of the adapter's own while it runs (in the worker thread it runs in)."""
-
-    def marked(*args: Any) -> T:
-        with own_calls():
-            return call(*args)
-
-    return marked
-
-
 @contextmanager
 def own_calls() -> Iterator[None]:
-    _calls.depth += 1
+    """Marks the block as one of the adapter's own calls (the transport's requests; check.py's client calls)."""
+    token = _own_calls.set(_own_calls.get() + 1)
     try:
         yield
     finally:
-        _calls.depth -= 1
+        _own_calls.reset(token)
 
 
 def secure_client(client: Any) -> None:

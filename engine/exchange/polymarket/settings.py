@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from exitguard.exchange.polymarket.channel import AUTO
+from exitguard.exchange.polymarket.ratelimit import SIGNER_TIERS, Tier
 from exitguard.exchange.polymarket.secrets import REDACTED, Secret, masked, secret
 from exitguard.states import InvalidValue
 
@@ -27,6 +29,8 @@ ENV = {
     "api_passphrase": "POLYMARKET_API_PASSPHRASE",
     "signature_type": "POLYMARKET_SIGNATURE_TYPE",
     "funder": "POLYMARKET_FUNDER",
+    "rate_tier": "POLYMARKET_RATE_TIER",
+    "channel_url": "POLYMARKET_USER_CHANNEL_URL",
 }
 """Setting -> environment variable."""
 
@@ -49,7 +53,7 @@ class PolymarketSettings:
     Text settings may be given as str or Secret; the key and the credentials are kept as Secret."""
 
     __slots__ = ("private_key", "host", "chain_id", "api_key", "api_secret", "api_passphrase", "signature_type",
-                 "funder")
+                 "funder", "rate_tier", "channel_url")
     private_key: Secret
     host: str
     chain_id: int
@@ -58,11 +62,18 @@ class PolymarketSettings:
     api_passphrase: Secret | None
     signature_type: int
     funder: str | None
+    rate_tier: Tier | None
+    """The signer's per-signer rate-limit tier, when set: it replaces the warm-up's read of the tier endpoint and
+    caps what `Poly-RateLimit-Tier` headers may raise. None: read from the exchange (Standard until read)."""
+    channel_url: str | None
+    """The user channel followed for fills and settlement (exitguard.exchange.polymarket.channel): a ws(s) URL; None:
+    off; "auto" (the default): the production channel when `host` is the production host, else off."""
 
     def __init__(self, private_key: str | Secret, host: str | Secret = DEFAULT_HOST, chain_id: int = POLYGON,
                  api_key: str | Secret | None = None, api_secret: str | Secret | None = None,
                  api_passphrase: str | Secret | None = None, signature_type: int = 0,
-                 funder: str | Secret | None = None) -> None:
+                 funder: str | Secret | None = None, rate_tier: str | Tier | Secret | None = None,
+                 channel_url: str | Secret | None = AUTO) -> None:
         key = private_key if isinstance(private_key, Secret) else Secret(private_key) \
             if isinstance(private_key, str) else None
         if key is None or not _PRIVATE_KEY.fullmatch(key.reveal()):
@@ -88,10 +99,20 @@ class PolymarketSettings:
             _refuse("funder", wallet, "must be a 0x-prefixed 20-byte address")
         if signature_type != 0 and wallet is None:
             _refuse("funder", None, f"required with signature type {signature_type}: the wallet holding the shares")
+        tier = None if rate_tier is None else Tier.parse(
+            rate_tier.reveal() if isinstance(rate_tier, Secret) else rate_tier)
+        if rate_tier is not None and tier is None:
+            _refuse("rate_tier", rate_tier, f"must be one of {', '.join(SIGNER_TIERS)} (the tier's name, any case)")
+        channel = None if channel_url is None else secret(channel_url) if isinstance(channel_url, (str, Secret)) \
+            else Secret(f"<{type(channel_url).__name__}>")
+        if channel is not None and channel.reveal() != AUTO and (
+                not channel.reveal().startswith(("wss://", "ws://")) or _PRIVATE_KEY.search(channel.reveal())):
+            _refuse("channel_url", channel, f"must be a ws(s):// URL, {AUTO!r} or unset")
         for name, value in (("private_key", key), ("host", url.reveal()), ("chain_id", chain_id),
                             ("api_key", creds[0]), ("api_secret", creds[1]), ("api_passphrase", creds[2]),
                             ("signature_type", signature_type),
-                            ("funder", None if wallet is None else wallet.reveal())):
+                            ("funder", None if wallet is None else wallet.reveal()), ("rate_tier", tier),
+                            ("channel_url", None if channel is None else channel.reveal())):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -111,7 +132,8 @@ class PolymarketSettings:
         return (f"PolymarketSettings(host={masked(self.host)!r}, chain_id={self.chain_id}, private_key={REDACTED}, "
                 f"api_key={REDACTED if self.api_key else None}, api_secret={REDACTED if self.api_secret else None}, "
                 f"api_passphrase={REDACTED if self.api_passphrase else None}, "
-                f"signature_type={self.signature_type}, funder={self.funder!r})")
+                f"signature_type={self.signature_type}, funder={self.funder!r}, "
+                f"rate_tier={self.rate_tier and str(self.rate_tier)!r}, channel_url={masked(self.channel_url)!r})")
 
     __str__ = __repr__
 
@@ -148,4 +170,7 @@ class PolymarketSettings:
             api_passphrase=text("api_passphrase"),
             signature_type=number("signature_type", 0),
             funder=text("funder"),
+            rate_tier=text("rate_tier"),
+            channel_url=None if (url := text("channel_url")) is not None and url.reveal().lower() == "off"
+            else AUTO if url is None else url,
         )
