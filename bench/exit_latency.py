@@ -151,6 +151,11 @@ async def exitguard(run: Run, samples: int, *, mode: str, gap: float) -> tuple[l
         warm_tokens = [run.fresh_token() for _ in range(samples)] if mode == "warm" else []
         for token in warm_tokens:
             await exchange.warm_up(token)
+        if not warm_tokens:
+            # A running engine's adapter: its connections open, its API credentials, the signer's tier and the
+            # order version known (another token's warm-up), so that each flow measures its own tokens' state
+            # and not the first request of a fresh process.
+            await exchange.warm_up(run.fresh_token())
 
         async def one(i: int) -> None:
             token = warm_tokens[i] if mode == "warm" else run.fresh_token()

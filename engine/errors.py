@@ -151,8 +151,8 @@ class OrderRejected(NotFilled):
 
 
 class PermitExpired(NotFilled):
-    """The adapter did not send the order: by the time it was about to leave (after waiting for a worker
-    thread, a rate-limit slot, signing), the permit's verification was older than `permit_max_age`."""
+    """The adapter did not send the order: by the time it was about to leave (after waiting for a
+    connection, a rate-limit slot, signing), the permit's verification was older than `permit_max_age`."""
 
     answer = SellAnswer.EXPIRED
 

@@ -3,8 +3,8 @@
 It reads what an exit reads and nothing it writes: the settings, the host (GET /ok), the exchange's clock
 (GET /time), the API credentials (an authenticated read; derived from the key when absent, as the engine
 would), each token's balance and allowance (the tokens named, or the unfinished positions of a journal),
-the market's tick and minimum size, the rate-limit tier of the signing address. The user channel is not
-used by this version: reported as not available. Exit code 0 when nothing failed, 1 otherwise.
+the market's tick and minimum size, the rate-limit tier of the signing address, and the user channel the
+engine would follow (named, not connected). Exit code 0 when nothing failed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -128,8 +128,10 @@ def _checks(environ: Mapping[str, str] | None, tokens: list[str], now: Callable[
     if not tokens:
         items.append(Item("n/a", "balance and allowance", "no token named (--token, or --journal for its positions)"))
     items.append(_tier(call, client))
-    items.append(Item("n/a", "user channel", "not available: this version follows fills over REST, not the "
-                                             "user channel"))
+    channel = exchange.user_channel
+    items.append(Item("n/a", "user channel", "off: fills and settlements are followed over REST only "
+                                             "(POLYMARKET_USER_CHANNEL_URL turns it on)" if channel is None else
+                      f"{channel.where}: the engine follows it; this check does not connect"))
     return items
 
 

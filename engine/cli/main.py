@@ -104,9 +104,9 @@ def console() -> int:
     drop_default_handler()
     code = main()
     if code == INTERRUPTED:
-        # After Ctrl-C a worker thread may still be blocked in an HTTP call (a thread cannot be cancelled)
-        # and would hold the interpreter's exit for up to its timeout; the journal is closed and the
-        # position's state printed by now, so the process ends at once.
+        # After Ctrl-C a background thread (the journal's flusher, a library's own) may still hold the
+        # interpreter's exit; the journal is closed and the position's state printed by now, so the process
+        # ends at once.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

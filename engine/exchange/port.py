@@ -5,7 +5,7 @@ Adapters (the paper exchange, the Polymarket adapter) implement `Exchange`. `sel
 
 Changed on purpose in issue 11: `sell` takes a keyword-only `deadline` (a `SellDeadline`). A permit proves
 a recent verification only if the order leaves soon after it; the waits that stand between the engine's
-call and the bytes on the wire (a worker thread, a rate-limit slot, signing) live inside the adapter, so
+call and the bytes on the wire (a free connection, a rate-limit slot, signing) live inside the adapter, so
 only the adapter can check freshness at the last moment. An adapter written against the old
 `sell(permit, limit_price)` fails on the engine's first sell (a TypeError: UNKNOWN, never sent twice).
 
@@ -99,7 +99,7 @@ class SellLookup:
     fill: Fill | None = None
     left_late: float = 0.0
     """Seconds the request stayed in the adapter's hands after its `sell` call had returned or was given up (a
-    worker thread that outlived the deadline): the engine's lookup horizon starts that much later than its own
+    request still being written or answered when the deadline cut the call short): the engine's lookup horizon starts that much later than its own
     record. A duration, so that the adapter's clock and the engine's need not agree."""
 
 
@@ -176,7 +176,7 @@ class Exchange(Protocol):
         """One FOK sell of exactly `permit.shares` at `limit_price` or better.
 
         `deadline.check(...)` is called after the last wait, right before the order leaves (for an HTTP
-        adapter: in the worker thread, just before the request is written); past it, nothing is sent and
+        adapter: once it has a connection, just before the request is written); past it, nothing is sent and
         `PermitExpired` is raised. Raises NotFilled / TransientError when nothing sold, UnknownOutcome
         when it may have.
         """

@@ -77,6 +77,11 @@ class LogSync:
     """Event loops awaiting a journal's fsync, and how many waits each (a test's virtual clock stands still for
     them: `waits_on`)."""
 
+    in_place: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+    """Event loops on which `durable` fsyncs in place, blocking the loop: a replay harness's virtual-time loop, whose
+    runs must repeat exactly (the flusher thread's wake-up lands among the loop's other callbacks wherever real time
+    puts it, and which exits share one fsync depends on it). Never for an engine that trades."""
+
     @staticmethod
     def waits_on(loop: asyncio.AbstractEventLoop) -> bool:
         return LogSync.waiting.get(loop, 0) > 0
@@ -167,7 +172,9 @@ class LogSync:
         worker thread waits."""
         if self._synced < ticket:
             waiter = _asyncio_waiter()
-            if waiter is None:
+            if waiter is not None and waiter[0] in LogSync.in_place:
+                self.sync(ticket)
+            elif waiter is None:
                 if self._limiter is None:
                     self._limiter = anyio.CapacityLimiter(1)
                 await anyio.to_thread.run_sync(self.sync, ticket, limiter=self._limiter)

@@ -1,6 +1,6 @@
 """The seeded stateful run against the fake CLOB, through the real `PolymarketExchange` and py-clob-client-v2.
 
-Fewer steps than the paper run: every call crosses loopback HTTP in a worker thread. The faults are the fake's
+Fewer steps than the paper run: every call crosses loopback HTTP to the fake's server threads. The faults are the fake's
 own switches: statuses with their documented bodies (a definite no), gateway statuses and HTML bodies (the
 order may have executed... here it did not: UNKNOWN until the horizon), answers lost after execution, 404s and
 failures on the order, trade and balance endpoints, and a buy the balance cache has not seen yet. The engine's

@@ -58,6 +58,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         selector = _JumpingSelector()
         super().__init__(selector)
         selector.loop = self
+        LogSync.in_place.add(self)  # a seed must replay exactly: the journal's fsyncs run in place, in order
         self.now = 0.0
 
     def time(self) -> float:

@@ -272,7 +272,8 @@ def test_check_live_prints_a_checklist_and_sends_no_order(
     code, out, _ = cli_run(capsys, "check", "--live", "--token", TOKEN)
     assert code == 0, out
     for line in ("settings", "host", "clock", "API credentials", "tick 0.01, minimum size 5 shares",
-                 "balance 7.5 shares, allowance set", "rate-limit tier", "not available: this version"):
+                 "balance 7.5 shares, allowance set", "rate-limit tier",
+                 "user channel", "off: fills and settlements are followed over REST only"):
         assert line in out, (line, out)
     # The fake serves the signer's tier since issue 12 (WIRE.md section 7a): read, not "unknown".
     assert re.search(r"^\[  ok   \] rate-limit tier .*standard$", out, re.MULTILINE), out

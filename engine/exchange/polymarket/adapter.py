@@ -14,6 +14,7 @@ Three of the client's habits are kept away from exits:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -321,8 +322,17 @@ class PolymarketExchange(FollowsUserChannel):  # the port's optional follow_fill
             await warming.wait()
         done = self._warming[token_id] = anyio.Event()
         try:
-            book = await self._read(Family.BOOK, "order book", endpoints.GET_ORDER_BOOK, {"token_id": token_id},
-                                    auth=False)
+            failed: Exception | None = None
+            async with anyio.create_task_group() as group:
+                if self._version is None:  # the adapter's first market: the version beside the book, not after it
+                    group.start_soon(self._prefetch_version)
+                try:
+                    book = await self._read(Family.BOOK, "order book", endpoints.GET_ORDER_BOOK,
+                                            {"token_id": token_id}, auth=False)
+                except Exception as err:  # noqa: BLE001 - raised as it is below, not wrapped in a group
+                    failed = err
+            if failed is not None:
+                raise failed
             market = reads.market_from_book(token_id, book)
             await self._order_version()
         finally:
@@ -330,6 +340,10 @@ class PolymarketExchange(FollowsUserChannel):  # the port's optional follow_fill
             done.set()
         self._markets[token_id] = market
         return market
+
+    async def _prefetch_version(self) -> None:
+        with contextlib.suppress(ExchangeError):  # a failed read is asked again where the version is needed
+            await self._order_version()
 
     async def _order_version(self) -> int:
         version = self._version
