@@ -5,8 +5,8 @@ shares we just sold (a new position on the token would then sell them twice) and
 buy just delivered. A refresh costs a round trip, and refreshes have a tighter rate limit than reads (50
 per 10 s on Polymarket), so it is asked for only where a lag is plausible (issue 14): after our own fill on
 the token or a sell refused for lack of balance (the token is marked), inside the settlement window of the
-last buy, and on a reading above what the engine knows is held. Anywhere else a reading below the tracked
-shares is the truth: a buy pays its fee in shares, so holding a little less than was bought is the normal
+last buy, on a reading above what the engine knows is held, and on a zero, the one reading that ends a position
+without a sale. Anywhere else a reading below the tracked shares is the truth: a buy pays its fee in shares, so holding a little less than was bought is the normal
 case, and that balance is what is sold, in two calls.
 """
 
@@ -24,6 +24,10 @@ class RefreshReason(StrEnum):
     BELOW_EXPECTED = "below_expected"
     """Fewer shares than the position holds, inside the settlement window of its last buy: the cache may
     lag the buy. Refresh, read again."""
+    ZERO = "zero"
+    """No shares at all, outside the settlement window: "already exited" would end the position (RECONCILED) and the
+    engine would never sell those shares, so a reading that may be a stale cache gets a second witness first. Rare
+    (a bot exits what it holds), so it costs nothing where issue 14 counts calls."""
     ABOVE_EXPECTED = "above_expected"
     """More shares than the engine knows are held: the cache may still show shares sold since
     (ours or another process's). Refresh, read again: never sell on a figure only a stale cache shows."""
@@ -32,6 +36,7 @@ class RefreshReason(StrEnum):
 class Reading(StrEnum):
     """A first reading against the shares the position holds."""
 
+    ZERO = "zero"
     BELOW = "below"
     SAME = "same"
     ABOVE = "above"
@@ -39,6 +44,8 @@ class Reading(StrEnum):
 
 AFTER_THE_FIRST_READ: dict[tuple[Reading, bool], RefreshReason | None] = {
     # (the reading, inside the settlement window of the last buy) -> refresh and read again, and why
+    (Reading.ZERO, True): RefreshReason.BELOW_EXPECTED,  # the buy may not be in the cache yet
+    (Reading.ZERO, False): RefreshReason.ZERO,  # the end of the position without a sale: asked twice
     (Reading.BELOW, True): RefreshReason.BELOW_EXPECTED,  # the buy may not be in the cache yet
     (Reading.BELOW, False): None,  # the fee paid in shares, or shares sold elsewhere: the truth, sold as read
     (Reading.SAME, True): None,
@@ -63,5 +70,5 @@ def balance_refresh(*, marked: bool, reading: int | None, expected: int, settlin
     """
     if reading is None:
         return RefreshReason.MARKED if marked else None
-    compared = Reading.BELOW if reading < expected else Reading.ABOVE if reading > expected else Reading.SAME
+    compared = Reading.ZERO if reading == 0 < expected else Reading.BELOW if reading < expected else Reading.ABOVE if reading > expected else Reading.SAME
     return AFTER_THE_FIRST_READ[compared, settling]

@@ -97,6 +97,8 @@ async def test_a_resolution_as_filled_marks_the_token_for_a_refresh_first(stale:
     (False, 10, 10, False, None),
     (False, 4, 10, True, RefreshReason.BELOW_EXPECTED),
     (False, 4, 10, False, None),  # issue 14: outside the settlement window a lower reading is the truth
+    (False, 0, 10, False, RefreshReason.ZERO),  # ...but a zero would end the position unsold: asked twice
+    (False, 0, 10, True, RefreshReason.BELOW_EXPECTED),
     (False, 12, 10, True, RefreshReason.ABOVE_EXPECTED),
     (False, 12, 10, False, RefreshReason.ABOVE_EXPECTED),
     (True, 10, 10, False, None),  # a reading taken after the mark's refresh is trusted

@@ -80,3 +80,24 @@ async def test_after_a_refusal_for_lack_of_balance_the_next_verification_refresh
         start = len(paper.calls)
         await engine.exit("p1", reason="tp", limit_price=P)
     assert [call.operation for call in paper.calls[start:]] == ["refresh_balance", "get_balance", "sell"]
+
+
+async def test_a_stale_zero_outside_the_window_is_refreshed_before_the_position_is_given_up(clock: ManualClock) -> None:
+    """The cache shows 0 for shares still held, with no buy in sight: "already exited" would end the position and
+    the shares would never be sold. A zero gets a second witness (states.refresh: Reading.ZERO)."""
+    paper = market(clock, "0")
+    paper.lag_balance("tok", None)  # the cache keeps showing 0 until it is refreshed
+    paper.set_balance("tok", Decimal("10"))
+    async with engine_on(paper, clock) as engine:
+        calls, result = await exit_calls(paper, engine, Position("p1", "tok", Decimal("10")))
+    assert calls == ["get_balance", "refresh_balance", "get_balance", "sell"]
+    assert (result.outcome, result.shares_sold) == (ExitOutcome.CLOSED, Decimal("10"))  # type: ignore[attr-defined]
+
+
+async def test_a_true_zero_outside_the_window_is_already_exited_after_the_second_witness(clock: ManualClock) -> None:
+    paper = market(clock, "0")
+    async with engine_on(paper, clock) as engine:
+        calls, result = await exit_calls(paper, engine, Position("p1", "tok", Decimal("10")))
+    assert calls == ["get_balance", "refresh_balance", "get_balance"]
+    assert result.outcome is ExitOutcome.ALREADY_EXITED  # type: ignore[attr-defined]
+

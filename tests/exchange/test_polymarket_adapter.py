@@ -94,9 +94,10 @@ async def test_balance_zero_cleans_up_without_any_order(clob: FakeClob, exchange
     clob.reset_requests()
     result = await engine.exit("p1", reason="take_profit", limit_price=Decimal("0.55"))
     assert result.outcome is ExitOutcome.ALREADY_EXITED and engine.state("p1") == "RECONCILED"
-    # Issue 14: no last buy inside the settlement window and no fill of ours on the token: the zero is the truth,
-    # read once (a lagging cache is refreshed where a lag is plausible: the test below).
-    assert exit_requests(clob) == [("GET", "/balance-allowance")]
+    # A zero ends the position without a sale: the cache is refreshed and read again before it is believed, even
+    # outside the settlement window (states.refresh: Reading.ZERO). A reading below but above zero is sold as read.
+    assert exit_requests(clob) == [("GET", "/balance-allowance"), ("GET", "/balance-allowance/update"),
+                                   ("GET", "/balance-allowance")]
     assert clob.posted_orders == [] and logs.named("exit_already_complete")
 
 
