@@ -46,9 +46,7 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def clob() -> Iterator[FakeClob]:
     with FakeClob() as fake:
-        fake.add_market(TOKEN, tick_size="0.01", min_order_size="5")
-        fake.set_bids(TOKEN, [(Decimal("0.60"), Decimal("100"))])
-        fake.set_balance(TOKEN, Decimal("7.5"))
+        fake.stock(TOKEN, Decimal("7.5"))
         yield fake
 
 

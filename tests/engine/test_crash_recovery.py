@@ -285,9 +285,7 @@ TOKEN = "71321045679252212594626385532706912750332728571942532289631379312455583
 @pytest.fixture
 def clob() -> Iterator[FakeClob]:
     with FakeClob() as fake:
-        fake.add_market(TOKEN, tick_size="0.01", min_order_size="5")
-        fake.set_bids(TOKEN, [(Decimal("0.60"), Decimal("100"))])
-        fake.set_balance(TOKEN, HELD)
+        fake.stock(TOKEN, HELD)
         yield fake
 
 

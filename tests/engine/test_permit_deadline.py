@@ -83,9 +83,7 @@ async def test_the_polymarket_adapter_checks_the_permit_after_signing(monkeypatc
 
     monkeypatch.setattr(adapter, "sign_sell", slow_signing)
     with FakeClob() as clob:
-        clob.add_market(token, tick_size="0.01", min_order_size="5")
-        clob.set_bids(token, [(Decimal("0.60"), Decimal("100"))])
-        clob.set_balance(token, Decimal("10"))
+        clob.stock(token)
         exchange = PolymarketExchange(clob.client(), clock=clock)
         async with ExitEngine(exchange, clock=clock, permit_max_age=MAX_AGE, settlement_poll_interval=None) as engine:
             engine.track(Position("p1", token, Decimal("10")))

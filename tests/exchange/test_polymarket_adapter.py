@@ -24,9 +24,7 @@ OTHER = "52114319501245915516055106046884209969926127482827954674443846427813813
 def clob() -> Iterator[FakeClob]:
     with FakeClob() as fake:
         for token in (TOKEN, OTHER):
-            fake.add_market(token, tick_size="0.01", min_order_size="5")
-            fake.set_bids(token, [(Decimal("0.60"), Decimal("100"))])
-            fake.set_balance(token, Decimal("10"))
+            fake.stock(token)
         yield fake
 
 

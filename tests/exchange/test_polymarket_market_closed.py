@@ -26,9 +26,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def clob() -> Iterator[FakeClob]:
     with FakeClob() as fake:
-        fake.add_market(TOKEN, tick_size="0.01", min_order_size="5")
-        fake.set_bids(TOKEN, [(Decimal("0.60"), Decimal("100"))])
-        fake.set_balance(TOKEN, Decimal("10"))
+        fake.stock(TOKEN)
         yield fake
 
 

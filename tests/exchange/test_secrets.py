@@ -104,9 +104,7 @@ def test_a_readable_mistake_is_still_shown_so_the_operator_can_fix_it() -> None:
 @pytest.fixture
 def clob() -> Iterator[FakeClob]:
     with FakeClob() as fake:
-        fake.add_market(TOKEN, tick_size="0.01", min_order_size="5")
-        fake.set_bids(TOKEN, [(Decimal("0.60"), Decimal("100"))])
-        fake.set_balance(TOKEN, Decimal("10"))
+        fake.stock(TOKEN)
         yield fake
 
 

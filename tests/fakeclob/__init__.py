@@ -138,6 +138,13 @@ class FakeClob:
 
     # --- markets, book, balances -----------------------------------------------------------------
 
+    def stock(self, token_id: str, shares: Decimal = Decimal("10")) -> None:
+        """The tests' usual market: `token_id` listed (tick 0.01, minimum 5 shares), a bid of 100 at 0.60, and
+        `shares` held."""
+        self.add_market(token_id, tick_size="0.01", min_order_size="5")
+        self.set_bids(token_id, [(Decimal("0.60"), Decimal("100"))])
+        self.set_balance(token_id, shares)
+
     def add_market(self, token_id: str, *, tick_size: str = "0.01", min_order_size: str = "5",
                    neg_risk: bool = False, condition_id: str | None = None, v2: bool | None = None) -> None:
         """Register a token. Tokens of one condition share tick, minimum and neg-risk (as on
