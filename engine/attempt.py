@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -51,23 +52,40 @@ def attempt_ids() -> Callable[[], str]:
     return lambda: f"{prefix}-{next(counter)}"
 
 
-class Slot:
-    """One of the engine's `max_concurrent_exits` slots. A free one is taken without the extra checkpoint
-    `CapacityLimiter.acquire` makes (a turn of the event loop per exit); a full limiter is waited on as usual."""
+class Slots:
+    """The engine's `max_concurrent_exits` slots (`async with slots:`). A free one is a counter taken without a
+    checkpoint or a borrower set (what `anyio.CapacityLimiter` keeps per exit); when none is free the exit waits
+    in line, and a slot that ends is handed straight to the first in line."""
 
-    __slots__ = ("limiter",)
+    __slots__ = ("free", "_waiting")
 
-    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
-        self.limiter = limiter
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self._waiting: deque[anyio.Event] = deque()
 
     async def __aenter__(self) -> None:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return
+        turn = anyio.Event()
+        self._waiting.append(turn)
         try:
-            self.limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            await self.limiter.acquire()
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():
+                self._release()  # handed a slot while being cancelled: it goes to the next in line
+            else:
+                self._waiting.remove(turn)
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self.limiter.release()
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiting:
+            self._waiting.popleft().set()
+        else:
+            self.free += 1
 
 
 class Attempt:
@@ -112,13 +130,12 @@ class Attempt:
         verdict = assess_balance(record.expected, balance, rules, last_buy_at=record.last_buy_at,
                                  now=self.clock.wall(), settlement_window=self.settlement_window, excess=self.excess)
         self.book.fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
-        context = log_fields(record, latency)
         if record.state is State.SELLING:
             if verdict.mismatch:
-                self.report.mismatch(record, verdict, context)
+                self.report.mismatch(record, verdict, log_fields(record, latency))
             return await self.seller.sell(record, price, attempts, latency)
-        report = self.report.after(record, "balance_fetched", context, between=(verdict.expected, verdict.actual),
-                                   **balance_facts(verdict),
+        report = self.report.after(record, "balance_fetched", log_fields(record, latency),
+                                   between=(verdict.expected, verdict.actual), **balance_facts(verdict),
                                    min_order_size=micro_to_shares(rules.min_order_size),
                                    error=UNSETTLED_ZERO, error_type="UnsettledBalance")
         return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,

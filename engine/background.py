@@ -6,14 +6,13 @@ answer is recorded through the position book like any other change.
 
 from __future__ import annotations
 
-import math
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from exitguard.book import PositionBook
 from exitguard.errors import ExchangeError, MarketClosed, PositionConflict
@@ -35,42 +34,64 @@ class WarmUps:
         self.exchange = exchange
         self.on_closed = on_closed
         """Told (token, the exchange's words) when a warm-up finds the market closed (MarketClosed)."""
-        self._queue: MemoryObjectSendStream[str] | None = None
+        self._pending: deque[str] = deque()
+        self._wake: anyio.Event | None = None
+        """Set when tokens wait and the workers may be asleep; None while the engine does not run."""
         self._loop_thread: int | None = None
 
     @contextmanager
     def running(self, group: anyio.abc.TaskGroup, tokens: list[str]) -> Iterator[None]:
         """Warm `tokens`, then every token `request`ed, until the block ends (the workers run in `group`)."""
         # A queue and a few workers, not a task per position: a task costs ~45 us and ~1 KB, which at
-        # 100,000 positions is seconds and a hundred megabytes.
-        queue, to_warm = anyio.create_memory_object_stream[str](math.inf)
+        # 100,000 positions is seconds and a hundred megabytes. A deque and one wake-up, not a memory stream:
+        # a send to a stream wakes a worker per token, and track() is on the bot's hot path.
         self._loop_thread = threading.get_ident()
+        self._pending.clear()  # what an earlier run left unwarmed went with its workers
+        self._pending.extend(tokens)
+        self._wake = anyio.Event()
         for _ in range(WARM_UP_WORKERS):
-            group.start_soon(self._worker, to_warm.clone())
-        to_warm.close()
-        for token in tokens:
-            queue.send_nowait(token)
-        self._queue = queue
+            group.start_soon(self._worker)
         try:
             yield
         finally:
-            self._queue = None
-            queue.close()
+            wake, self._wake = self._wake, None
+            if wake is not None:
+                wake.set()  # the workers warm what is queued, then end
 
     def request(self, token: str) -> None:
         """Warm the token's market, if the engine is running and this is its event loop's thread."""
-        if self._queue is None:
+        wake = self._wake
+        if wake is None:
             return
         if threading.get_ident() != self._loop_thread:
             # track() called from outside the engine's event loop (another thread): no warm-up; the first
             # exit looks the market up itself.
             return
-        self._queue.send_nowait(token)
+        self._pending.append(token)
+        if not wake.is_set():
+            wake.set()
 
-    async def _worker(self, tokens: MemoryObjectReceiveStream[str]) -> None:
-        async with tokens:
-            async for token in tokens:
-                await self._warm_up(token)
+    def request_many(self, tokens: list[str]) -> None:
+        """`request` for each of `tokens`, with one wake-up."""
+        wake = self._wake
+        if wake is None or not tokens or threading.get_ident() != self._loop_thread:
+            return
+        self._pending.extend(tokens)
+        if not wake.is_set():
+            wake.set()
+
+    async def _worker(self) -> None:
+        pending = self._pending
+        while True:
+            while pending:
+                await self._warm_up(pending.popleft())
+            wake = self._wake
+            if wake is None:
+                return
+            if wake.is_set():
+                # Every worker that finds the queue empty sleeps on a fresh event; the next request sets it.
+                wake = self._wake = anyio.Event()
+            await wake.wait()
 
     async def _warm_up(self, token: str) -> None:
         try:

@@ -25,7 +25,7 @@ from exitguard.journal.rows import Row, order_row
 from exitguard.position import Position, refuse_future_buy
 from exitguard.states import FINAL_STATES, PositionRecord, State, TransitionRefused, fire, micro_to_shares
 from exitguard.telemetry.logs import emit
-from exitguard.tracking import differences, new_records, retrack_conflict, updated
+from exitguard.tracking import differences, new_record, new_records, retrack_conflict, updated
 
 
 class PositionBook:
@@ -112,17 +112,18 @@ class PositionBook:
     def track(self, position: Position) -> PositionRecord | None:
         """A new OPEN position. One live (unfinished) position per key and per token. The same position again
         (a bot re-tracking its book at start) changes nothing and returns None; a different one is refused."""
-        records = self._track((position,), batch=False)
-        return records[0] if records else None
+        self._refuse_without_journal()
+        record = new_record(position, self._records.get, self._live_by_token.get, self.clock.wall,
+                            journaled=self.journal is not None)
+        return None if record is None else self._add([record], batch=False)[0]
 
     def track_many(self, positions: Sequence[Position]) -> list[PositionRecord]:
         """`track` for each, all or none, in one journal write; returns the records that are new."""
-        return self._track(positions, batch=True)
-
-    def _track(self, positions: Sequence[Position], *, batch: bool) -> list[PositionRecord]:
         self._refuse_without_journal()
-        records = new_records(positions, self._records.get, self._live_by_token.get, self.clock.wall,
-                              journaled=self.journal is not None, batch=batch)
+        return self._add(new_records(positions, self._records.get, self._live_by_token.get, self.clock.wall,
+                                     journaled=self.journal is not None, batch=True), batch=True)
+
+    def _add(self, records: list[PositionRecord], *, batch: bool) -> list[PositionRecord]:
         if records and self.journal is not None:
             self._refuse_on_failed_journal()
             try:

@@ -23,7 +23,7 @@ from types import TracebackType
 
 import anyio
 
-from exitguard.attempt import Attempt, Slot
+from exitguard.attempt import Attempt, Slots
 from exitguard.attempt import attempt_ids as fresh_attempt_ids
 from exitguard.background import Settlements, WarmUps
 from exitguard.book import PositionBook
@@ -67,11 +67,13 @@ DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
 class ExitEngine:
     """Exits positions on one exchange. Use as `async with ExitEngine(exchange) as engine:`.
 
-    `journal=path` makes the engine crash-safe: every transition is written (fsync'd) to a SQLite journal
-    before the engine acts on it; on entry the engine takes the journal's lock (one engine per file),
-    restores the positions, after an unclean stop refuses to start if the exchange shows a sale the journal
-    does not know (journal/audit.py), reopens what was surely not sent and hands what may have been sent to
-    the background resolver, then returns: exits can start while those lookups run.
+    `journal=path` makes the engine crash-safe: every transition is written to a SQLite journal, and an exit's
+    intent (request, verified balance, signed order id) is one fsync'd commit before its order is posted (the
+    outcome is written without an fsync: a lost one is recovered by lookup; journal/durable.py); on entry the
+    engine takes the journal's lock (one engine per file), restores the positions, after an unclean stop refuses
+    to start if the exchange shows a sale the journal does not know (journal/audit.py), reopens what was surely
+    not sent and hands what may have been sent to the background resolver, then returns: exits can start while
+    those lookups run.
 
     Unknown outcomes resolve themselves: lookups retried from `resolve_backoff[0]` seconds, doubling to
     `resolve_backoff[1]`, at most `resolve_concurrency` at once; an order the exchange does not show, with no
@@ -150,7 +152,7 @@ class ExitEngine:
         self._attempt = Attempt(self._verify, self._book, self._report, self._seller, self.clock, self.metrics,
                                 verify_timeout=verify_timeout, settlement_window=settlement_window, excess=self.excess)
         self._lifetime: AsyncExitStack | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._slots: Slots | None = None
         self._gate = Gate(shutdown_grace)
         self._switch = KillSwitch(self.clock, self.metrics)
         self._exiting: set[str] = set()
@@ -191,7 +193,7 @@ class ExitEngine:
                 self.track(position)
         lifetime.enter_context(holding_wallet(self.exchange))  # after the journal's lock: its refusal names it
         await audit_unclean_start(self.exchange, self.journal)  # a sale the journal forgot refuses the start
-        self._limiter = anyio.CapacityLimiter(self.max_concurrent_exits)
+        self._slots = Slots(self.max_concurrent_exits)
         # Warm-ups, settlement polling and the resolution of unknown outcomes run beside the exits; the task
         # group is cancelled before the journal closes, so none of them outlives it.
         background = await lifetime.enter_async_context(anyio.create_task_group())
@@ -239,8 +241,10 @@ class ExitEngine:
         (not a Position, a conflict, a buy in the future) raises naming it with nothing tracked; one journal
         write holds them all. Positions already tracked as they are change nothing, as with `track`."""
         self._gate.check_track(journaled=self.journal_path is not None)
-        for record in self._book.track_many(list(positions)):
-            self._tracked(record, micro_to_shares(record.expected))
+        records = self._book.track_many(list(positions))
+        for record in records:
+            emit("position_tracked", key=record.key, token=record.token_id, shares=micro_to_shares(record.expected))
+        self._warm_ups.request_many([record.token_id for record in records])
 
     def _tracked(self, record: PositionRecord, shares: Decimal) -> None:
         emit("position_tracked", key=record.key, token=record.token_id, shares=shares)
@@ -293,7 +297,7 @@ class ExitEngine:
         """Look every unknown outcome up once, now (concurrently, `resolve_concurrency` at a time), and
         return what each lookup found (UNKNOWN: still unknown; the background retries go on)."""
         results: dict[str, ExitResult] = {}
-        async with self._gate.call():
+        with self._gate.call():
             results = await self._resolver.resolve_all()
             for result in results.values():
                 self._report.counted(result)
@@ -310,7 +314,7 @@ class ExitEngine:
         Runs every `settlement_poll_interval` seconds inside the engine; callable directly (tests, bots
         that poll on their own schedule with `settlement_poll_interval=None`)."""
         answers: dict[str, SettlementStatus] = {}
-        async with self._gate.call():
+        with self._gate.call():
             answers = await self._settlements.check()
         return answers
 
@@ -344,7 +348,7 @@ class ExitEngine:
         # Marked before the first await: a racing exit() sees it and is refused.
         self._exiting.add(key)
         try:
-            async with self._gate.call():
+            with self._gate.call():
                 if record.unresolved:
                     found = await self._resolver.resolve(record)
                     if record.state is not State.OPEN:
@@ -352,8 +356,8 @@ class ExitEngine:
                 self._book.fire(record, "request_exit", reason=reason, limit_price=price,
                                 attempt_id=self._attempt_ids())
                 try:
-                    assert self._limiter is not None, "the gate is open only while the engine runs"
-                    async with Slot(self._limiter):
+                    assert self._slots is not None, "the gate is open only while the engine runs"
+                    async with self._slots:
                         return self._report.counted(await self._run_attempts(record, reason, price))
                 finally:
                     settle_interrupted(self._book, self._report, record)
@@ -387,6 +391,6 @@ class ExitEngine:
         RECONCILED once it settles. Never resends. While it stays unknown: SELLING, outcome UNKNOWN."""
         self._gate.check()
         record = self._book.get(key)
-        async with self._gate.call():
+        with self._gate.call():
             return self._report.counted(await self._resolver.resolve(record))
         return cut_short(self._book, self._report, record, self._gate.grace)

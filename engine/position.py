@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from exitguard.states import ExitOutcome, InvalidValue, micro_to_shares, shares_to_micro
+from exitguard.states.quantities import is_canonical_shares
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Position:
     """A position to exit. `shares` is what the bot believes it holds; the exchange has the last word.
 
@@ -24,20 +25,26 @@ class Position:
     last_buy_at: datetime | None = None
     _micro: int = field(default=0, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.key, str) or not self.key.strip():
-            raise InvalidValue("key", self.key, "must be a non-empty string")
-        if not isinstance(self.token_id, str) or not self.token_id.strip():
-            raise InvalidValue("token_id", self.token_id, "must be a non-empty string")
-        micro = shares_to_micro(self.shares, "shares")
+    def __init__(self, key: str, token_id: str, shares: Decimal, last_buy_at: datetime | None = None) -> None:
+        # Written out rather than generated with a __post_init__: each field is validated, then set once (a frozen
+        # dataclass sets each through object.__setattr__, and a bot may build 100,000 of these at a start).
+        if not isinstance(key, str) or not key.strip():
+            raise InvalidValue("key", key, "must be a non-empty string")
+        if not isinstance(token_id, str) or not token_id.strip():
+            raise InvalidValue("token_id", token_id, "must be a non-empty string")
+        micro = shares_to_micro(shares, "shares")
         if micro <= 0:
-            raise InvalidValue("shares", self.shares, "must be positive")
-        object.__setattr__(self, "shares", micro_to_shares(micro))
-        object.__setattr__(self, "_micro", micro)
-        if self.last_buy_at is not None and (
-            not isinstance(self.last_buy_at, datetime) or self.last_buy_at.tzinfo is None
-        ):
-            raise InvalidValue("last_buy_at", self.last_buy_at, "must be a timezone-aware datetime")
+            raise InvalidValue("shares", shares, "must be positive")
+        if last_buy_at is not None and (not isinstance(last_buy_at, datetime) or last_buy_at.tzinfo is None):
+            raise InvalidValue("last_buy_at", last_buy_at, "must be a timezone-aware datetime")
+        setattr_ = object.__setattr__
+        setattr_(self, "key", key)
+        setattr_(self, "token_id", token_id)
+        # Kept as given when it already is what micro_to_shares would build (Decimal("10"), Decimal("0.5")).
+        setattr_(self, "shares", shares if type(shares) is Decimal and is_canonical_shares(shares)
+                 else micro_to_shares(micro))
+        setattr_(self, "last_buy_at", last_buy_at)
+        setattr_(self, "_micro", micro)
 
     @property
     def micro_shares(self) -> int:

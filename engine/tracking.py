@@ -61,14 +61,35 @@ def new_records(positions: Iterable[Position], tracked: Callable[[str], Position
                 raise InvalidValue(f"positions[{index}].last_buy_at", err.value, f"key={key!r}: {err.why}") from None
         taken = batch_tokens.get(token) or holder(token)
         if taken is not None:
-            raise PositionConflict(
-                f"position key={key!r}: token_id={token!r} is already held by live position {taken!r}; the "
-                "exchange reports one balance per token, so exits would collide")
+            raise token_taken(key, token, taken)
         record = PositionRecord(key, token, position.micro_shares, position.last_buy_at)
         batch_keys[key] = record
         batch_tokens[token] = key
         records.append(record)
     return records
+
+
+def new_record(position: Position, tracked: Callable[[str], PositionRecord | None],
+               holder: Callable[[str], str | None], now: Callable[[], datetime], *,
+               journaled: bool) -> PositionRecord | None:
+    """`new_records` of one position (`track`), without a batch's bookkeeping: the same checks in the same order."""
+    known = tracked(position.key)
+    if known is not None:
+        found = differences(known, position)
+        if found:
+            raise retrack_conflict(known, found, journaled=journaled)
+        return None
+    if position.last_buy_at is not None:
+        refuse_future_buy(position, now())
+    taken = holder(position.token_id)
+    if taken is not None:
+        raise token_taken(position.key, position.token_id, taken)
+    return PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
+
+
+def token_taken(key: str, token: str, taken: str) -> PositionConflict:
+    return PositionConflict(f"position key={key!r}: token_id={token!r} is already held by live position {taken!r}; "
+                            "the exchange reports one balance per token, so exits would collide")
 
 
 def retrack_conflict(record: PositionRecord, found: tuple[Difference, ...], *, journaled: bool) -> PositionConflict:

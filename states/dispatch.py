@@ -104,19 +104,22 @@ def dispatch(machine: Machine, table: Table, model: Any, trigger: str, payload: 
         event.transition = step.transition
         for func in step.prepare:
             func(event)
-        if not all(check(event) == target for check, target in step.conditions):
-            continue
-        for func in step.before:
-            func(event)
-        if step.leave is not None:
-            for func in step.leave:
+        # A loop rather than all(<generator>): no generator frame per transition. A guard that fails tries the next.
+        for check, target in step.conditions:
+            if check(event) != target:
+                break
+        else:
+            for func in step.before:
                 func(event)
-            model.state = step.dest.value
-            event.state = step.dest
-            for func in step.enter:
+            if step.leave is not None:
+                for func in step.leave:
+                    func(event)
+                model.state = step.dest.value
+                event.state = step.dest
+                for func in step.enter:
+                    func(event)
+            for func in step.after:
                 func(event)
-        for func in step.after:
-            func(event)
-        event.result = True
-        return True
+            event.result = True
+            return True
     return False

@@ -49,8 +49,8 @@ def fire(record: PositionRecord, trigger: str, **payload: object) -> State:
     required = PAYLOAD.get(trigger)
     if required is None:
         raise TransitionRefused(record.key, record.state, trigger, "no such trigger")
-    missing = required - payload.keys()
-    if missing:
+    if not required.issubset(payload):  # no set built when nothing is missing
+        missing = required - payload.keys()
         raise InvalidValue(f"{trigger}.payload", sorted(payload), f"missing {', '.join(sorted(missing))}")
     before = record.state
     moved = dispatch(MACHINE, DISPATCH, record, trigger, payload)

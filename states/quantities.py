@@ -49,7 +49,11 @@ def shares_to_micro(value: object, field: str = "shares") -> int:
 
     Integer arithmetic on the Decimal's exact ratio: no context is involved (none could round or signal), and at
     100,000 positions a `localcontext` per call was most of what tracking cost."""
-    amount = _decimal(value, field)
+    # A Decimal (the usual case) skips `_decimal`'s dispatch on type; a subclass takes the long way.
+    if type(value) is Decimal and value.is_finite():
+        amount = value
+    else:
+        amount = _decimal(value, field)
     if not amount:
         return 0
     # The exponent of the leading digit bounds the magnitude before any integer is built, so an exponent of a
@@ -71,15 +75,25 @@ def shares_to_micro(value: object, field: str = "shares") -> int:
 _MAX_SHARES_DIGITS = len(str(MAX_SHARES)) - 1
 """10**12: its leading digit's exponent."""
 
+_MAX_MICRO_DIGITS = len(str(MAX_MICRO)) + 2
+"""Digits a raw balance string may have on the fast path (leading zeros included); longer ones go the exact way."""
+
+
+def is_canonical_shares(amount: Decimal) -> bool:
+    """Whether a positive, whole-micro `amount` is already what `micro_to_shares` would build for it (no exponent,
+    no trailing zero after the point), so that a caller may keep it instead of building it again."""
+    text = str(amount)
+    return "E" not in text and ("." not in text or text[-1] != "0")
+
 
 def micro_to_shares(micro: int) -> Decimal:
     """Exact shares with no trailing zeros and no exponent: 10000000 -> Decimal("10").
 
-    Built from its digits: a Decimal made from a string is exact whatever the context."""
+    Built from its digits (or its int): a Decimal made from a string or an int is exact whatever the context."""
     whole, part = divmod(-micro if micro < 0 else micro, MICRO)
-    sign = "-" if micro < 0 else ""
     if not part:
-        return Decimal(f"{sign}{whole}")
+        return Decimal(-whole if micro < 0 else whole)  # from an int: exact too, without the text
+    sign = "-" if micro < 0 else ""
     return Decimal(f"{sign}{whole}.{f'{part:06d}'.rstrip('0')}")
 
 
@@ -91,6 +105,16 @@ def parse_raw_balance(value: object, field: str = "balance") -> int:
     """
     if value is None:
         raise InvalidValue(field, value, "missing from the exchange's answer")
+    if type(value) is str:
+        # The wire's usual form, digits only: int() reads it exactly with no Decimal and no context. Anything
+        # else (a sign, a fraction, an exponent, more digits than int() parses) takes the exact path below.
+        text = value.strip()
+        if text.isdigit() and text.isascii() and len(text) <= _MAX_MICRO_DIGITS:
+            raw_int = int(text)
+            if raw_int > MAX_MICRO:
+                raise QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_MICRO:.0e} raw units "
+                                                        f"({MAX_SHARES:.0e} shares)")
+            return raw_int
     raw = _decimal(value, field)
     if raw < 0:
         raise InvalidValue(field, value, "negative")

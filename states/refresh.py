@@ -6,8 +6,8 @@ buy just delivered. A refresh costs a round trip, and refreshes have a tighter r
 per 10 s on Polymarket), so it is asked for only where a lag is plausible (issue 14): after our own fill on
 the token or a sell refused for lack of balance (the token is marked), inside the settlement window of the
 last buy, on a reading above what the engine knows is held, and on a zero, the one reading that ends a position
-without a sale. Anywhere else a reading below the tracked shares is the truth: a buy pays its fee in shares, so holding a little less than was bought is the normal
-case, and that balance is what is sold, in two calls.
+without a sale. Anywhere else a reading below the tracked shares is the truth: a buy pays its fee in shares, so
+holding a little less than was bought is the normal case, and that balance is what is sold, in two calls.
 """
 
 from __future__ import annotations
@@ -70,5 +70,8 @@ def balance_refresh(*, marked: bool, reading: int | None, expected: int, settlin
     """
     if reading is None:
         return RefreshReason.MARKED if marked else None
-    compared = Reading.ZERO if reading == 0 < expected else Reading.BELOW if reading < expected else Reading.ABOVE if reading > expected else Reading.SAME
+    if reading < expected:
+        compared = Reading.ZERO if reading == 0 else Reading.BELOW
+    else:
+        compared = Reading.ABOVE if reading > expected else Reading.SAME
     return AFTER_THE_FIRST_READ[compared, settling]

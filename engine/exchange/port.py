@@ -99,8 +99,9 @@ class SellLookup:
     fill: Fill | None = None
     left_late: float = 0.0
     """Seconds the request stayed in the adapter's hands after its `sell` call had returned or was given up (a
-    request still being written or answered when the deadline cut the call short): the engine's lookup horizon starts that much later than its own
-    record. A duration, so that the adapter's clock and the engine's need not agree."""
+    request still being written or answered when the deadline cut the call short): the engine's lookup horizon
+    starts that much later than its own record. A duration, so that the adapter's clock and the engine's need not
+    agree."""
 
 
 class SettlementStatus(StrEnum):

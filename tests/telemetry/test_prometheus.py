@@ -61,12 +61,12 @@ async def a_few_exits(engine: ExitEngine, exchange: TimedPaper) -> None:
         exchange.set_balance(token, Decimal(balance))
         exchange.set_bids(token, [(Decimal(bid), Decimal("100"))])
         # Issue 14: a reading below the shares held is refreshed only inside the settlement window of the last
-        # buy (b's); elsewhere (c, d) it is the truth.
+        # buy (b's); elsewhere (d) it is the truth; a zero (c) is always asked twice (states.refresh: ZERO).
         bought = exchange.manual.wall() if token == "b" else None
         engine.track(Position(token, token, Decimal("10"), last_buy_at=bought))
     await engine.exit("a", reason="r", limit_price=P)   # CLOSED                  0.022  0.18
     await engine.exit("b", reason="r", limit_price=P)   # CLOSED, mismatch, 1 refresh   0.062  0.18
-    await engine.exit("c", reason="r", limit_price=P)   # ALREADY_EXITED                0.022
+    await engine.exit("c", reason="r", limit_price=P)   # ALREADY_EXITED, 1 refresh     0.062
     await engine.exit("d", reason="r", limit_price=P)   # DUST (3 < 5)                  0.022
     await engine.exit("e", reason="r", limit_price=P)   # NOT_FILLED: FOK killed        0.022
     exchange.lose_next_sell_response()
@@ -93,9 +93,9 @@ def histogram(name: str, got: Samples) -> dict[str, float]:
 
 def expect_a_few_exits(got: Samples) -> None:
     verify = histogram("exitguard_verify_latency_seconds", got)
-    assert verify["count"] == 7 and verify["sum"] == pytest.approx(6 * 0.022 + 1 * 0.062)
+    assert verify["count"] == 7 and verify["sum"] == pytest.approx(5 * 0.022 + 2 * 0.062)
     assert {le: verify[le] for le in ("0.01", "0.025", "0.05", "0.075", "0.1", "15.0", "+Inf")} == {
-        "0.01": 0, "0.025": 6, "0.05": 6, "0.075": 7, "0.1": 7, "15.0": 7, "+Inf": 7}
+        "0.01": 0, "0.025": 5, "0.05": 5, "0.075": 7, "0.1": 7, "15.0": 7, "+Inf": 7}
     sell = histogram("exitguard_sell_latency_seconds", got)
     assert sell["count"] == 3 and sell["sum"] == pytest.approx(3 * 0.18)
     assert {le: sell[le] for le in ("0.15", "0.2", "+Inf")} == {"0.15": 0, "0.2": 3, "+Inf": 3}
@@ -112,7 +112,7 @@ def expect_a_few_exits(got: Samples) -> None:
     assert positions == {"OPEN": 2, "VERIFYING": 0, "SELLING": 1, "CLOSED": 3, "RECONCILED": 1, "DUST": 1}
     assert got[series("exitguard_unresolved_outcomes")] == 1
     assert got[series("exitguard_unsettled_sales")] == 1
-    assert got[series("exitguard_balance_refreshes_total")] == 1
+    assert got[series("exitguard_balance_refreshes_total")] == 2
     assert got[series("exitguard_verify_failures_total")] == 1
     assert got[series("exitguard_paused")] == 0
     assert got[series("exitguard_divergence_alerts_total")] == 0
