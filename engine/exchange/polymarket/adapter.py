@@ -55,7 +55,7 @@ class PolymarketExchange(FollowsUserChannel):  # the port's optional follow_fill
         client: ClobClient,
         *,
         call_timeout: float = 5.0,
-        max_connections: int = 32,
+        max_connections: int = 64,
         max_order_wait: float = 0.5,
         rate_limits: dict[Family, Limit] | None = None,
         rate_tier: Tier | str | None = None,
