@@ -141,7 +141,6 @@ class Attempt:
         return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
                                  error=UNSETTLED_ZERO if record.state is State.OPEN else None), False
 
-
     async def _read(self, record: PositionRecord, price: Decimal) -> tuple[MarketRules, int, InvalidValue | None]:
         """The market's rules and the balance, the sell's slot reserved (`reserve_sell`) before the balance is
         read. A price off the tick reads no balance (0 is returned, unused) and comes back as the refusal."""
@@ -150,9 +149,11 @@ class Attempt:
                                                                            self.settlement_window)
         rules = self.verify.cached_rules(record.token_id)
         if rules is not None:
-            await self.verify.reserve(attempt_id)
             off_tick = _off_tick(price, rules)
-            return rules, 0 if off_tick else await self.verify.balance(record, settling=settling), off_tick
+            if off_tick is not None:
+                return rules, 0, off_tick  # the caller's mistake: no slot taken, nothing read
+            await self.verify.reserve(attempt_id)
+            return rules, await self.verify.balance(record, settling=settling), None
         # The first exit right after track(), before its warm-up ended: the rules are read beside the slot and
         # the balance, so it costs the same round trips as a warm exit. Errors are kept until both ended (a task
         # group would bundle them): the rules' first, as when the reads ran one after the other.

@@ -115,22 +115,19 @@ class PositionBook:
         self._refuse_without_journal()
         record = new_record(position, self._records.get, self._live_by_token.get, self.clock.wall,
                             journaled=self.journal is not None)
-        return None if record is None else self._add([record], batch=False)[0]
+        return None if record is None else self._add([record])[0]
 
     def track_many(self, positions: Sequence[Position]) -> list[PositionRecord]:
         """`track` for each, all or none, in one journal write; returns the records that are new."""
         self._refuse_without_journal()
         return self._add(new_records(positions, self._records.get, self._live_by_token.get, self.clock.wall,
-                                     journaled=self.journal is not None, batch=True), batch=True)
+                                     journaled=self.journal is not None))
 
-    def _add(self, records: list[PositionRecord], *, batch: bool) -> list[PositionRecord]:
+    def _add(self, records: list[PositionRecord]) -> list[PositionRecord]:
         if records and self.journal is not None:
             self._refuse_on_failed_journal()
             try:
-                if batch:
-                    self.journal.track_many(records, self.clock.wall())
-                else:
-                    self.journal.track(records[0], self.clock.wall())
+                self.journal.track_many(records, self.clock.wall())
             except JournalError as err:
                 # Not tracked: the caller learns it now. A journal that cannot take a track cannot be trusted
                 # with the exits that would follow.

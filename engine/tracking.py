@@ -32,17 +32,17 @@ def differences(record: PositionRecord, position: Position) -> tuple[Difference,
 
 
 def new_records(positions: Iterable[Position], tracked: Callable[[str], PositionRecord | None],
-                holder: Callable[[str], str | None], now: Callable[[], datetime], *, journaled: bool,
-                batch: bool) -> list[PositionRecord]:
-    """The records `positions` add to a book (`tracked`: its record of a key; `holder`: the live key holding a
-    token), in order. A position already tracked as it is adds nothing; any other problem raises before the book
-    changes, naming the position (with its index in a `batch`), so nothing is ever half-tracked."""
+                holder: Callable[[str], str | None], now: Callable[[], datetime], *,
+                journaled: bool) -> list[PositionRecord]:
+    """The records `positions` (`track_many`) add to a book (`tracked`: its record of a key; `holder`: the live key
+    holding a token), in order. A position already tracked as it is adds nothing; any other problem raises before
+    the book changes, naming the position and its index, so nothing is ever half-tracked."""
     records: list[PositionRecord] = []
     batch_keys: dict[str, PositionRecord] = {}
     batch_tokens: dict[str, str] = {}
     wall: datetime | None = None
     for index, position in enumerate(positions):
-        if batch and not isinstance(position, Position):
+        if not isinstance(position, Position):
             raise InvalidValue(f"positions[{index}]", position, "must be an exitguard Position")
         key, token = position.key, position.token_id
         known = batch_keys.get(key) or tracked(key)
@@ -56,8 +56,6 @@ def new_records(positions: Iterable[Position], tracked: Callable[[str], Position
             try:
                 refuse_future_buy(position, wall)
             except InvalidValue as err:
-                if not batch:
-                    raise
                 raise InvalidValue(f"positions[{index}].last_buy_at", err.value, f"key={key!r}: {err.why}") from None
         taken = batch_tokens.get(token) or holder(token)
         if taken is not None:
