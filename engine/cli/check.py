@@ -25,6 +25,7 @@ from py_clob_client_v2.http_helpers import helpers as http
 from exitguard.cli.venue import BAD_INPUT, existing_journal, live
 from exitguard.errors import ExchangeError
 from exitguard.exchange.polymarket.positions import ledger_of
+from exitguard.exchange.polymarket.ratelimit import TIER_PATH, named_tier
 from exitguard.exchange.polymarket.reads import market_from_book, read_error, transport_cause
 from exitguard.exchange.polymarket.secrets import mask_text, own_calls
 from exitguard.journal import Journal
@@ -32,7 +33,6 @@ from exitguard.states import FINAL_STATES, InvalidValue, micro_to_shares
 
 MAX_CLOCK_SKEW = 5.0
 """Seconds the local clock may differ from the exchange's: orders and L2 headers carry our timestamps."""
-RATE_LIMIT_TIER = "/v1/user/rate-limit-tier"
 
 
 @dataclass(frozen=True)
@@ -192,16 +192,15 @@ def _tier(call: Call, client: Any) -> Item:
     """GET /v1/user/rate-limit-tier (L2): the signing address's order tier; "unknown" when not served."""
     def fetch() -> Any:
         headers = create_level_2_headers(client.signer, client.creds,
-                                         RequestArgs(method="GET", request_path=RATE_LIMIT_TIER))
-        return http.get(f"{client.host}{RATE_LIMIT_TIER}", headers=headers)
+                                         RequestArgs(method="GET", request_path=TIER_PATH))
+        return http.get(f"{client.host}{TIER_PATH}", headers=headers)
 
     try:
         body = call("rate-limit tier", fetch)
     except CheckFailed as failure:
         return Item("unknown", "rate-limit tier", f"{failure} (documented since 2026-07; orders use the default "
                                                   "limits)")
-    tier = body.get("tier") if isinstance(body, dict) else body
-    return Item("ok", "rate-limit tier", mask_text(str(tier)[:80]))
+    return Item("ok", "rate-limit tier", mask_text(str(named_tier(body))[:80]))
 
 
 def _raw(value: object) -> int | None:

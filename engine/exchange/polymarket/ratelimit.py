@@ -131,6 +131,12 @@ TIER_PATH = "/v1/user/rate-limit-tier"
 is not in the docs found (tests/fakeclob/WIRE.md section 7a): an object with a string `tier`, or a bare JSON string,
 is read; anything else is a failed read."""
 
+
+def named_tier(answer: object) -> object:
+    """What a tier endpoint's body names, as read (TIER_PATH): the `tier` of an object, else the body itself."""
+    return answer.get("tier") if isinstance(answer, dict) else answer
+
+
 MAX_RESERVE_WAIT = 30.0
 """Seconds `reserve` may wait for a slot before it gives up (nothing sent). The engine's `verify_timeout`, which
 covers the reservation and the balance read, usually ends the wait first."""
@@ -239,8 +245,7 @@ class RateLimits:
     def tier_read(self, answer: object) -> None:
         """The tier endpoint's answer (its body, or the error the read raised). A failed read keeps the tier in
         use (Standard, the tightest, unless a header said otherwise meanwhile)."""
-        tier = None if isinstance(answer, Exception) else Tier.parse(
-            answer.get("tier") if isinstance(answer, dict) else answer)
+        tier = None if isinstance(answer, Exception) else Tier.parse(named_tier(answer))
         if tier is not None:
             self.set_tier(tier, "endpoint", announce=True)
             return
