@@ -46,12 +46,7 @@ DISPATCH = compile_machine(MACHINE)
 
 def fire(record: PositionRecord, trigger: str, **payload: object) -> State:
     """Apply `trigger` to `record` or raise `TransitionRefused`, leaving the record untouched."""
-    required = PAYLOAD.get(trigger)
-    if required is None:
-        raise TransitionRefused(record.key, record.state, trigger, "no such trigger")
-    if not required.issubset(payload):  # no set built when nothing is missing
-        missing = required - payload.keys()
-        raise InvalidValue(f"{trigger}.payload", sorted(payload), f"missing {', '.join(sorted(missing))}")
+    _check_payload(record, trigger, payload)
     before = record.state
     moved = dispatch(MACHINE, DISPATCH, record, trigger, payload)
     if moved is None:
@@ -63,12 +58,7 @@ def fire(record: PositionRecord, trigger: str, **payload: object) -> State:
 
 def fire_through_transitions(record: PositionRecord, trigger: str, **payload: object) -> State:
     """`fire` through `transitions`' own event dispatch: what the compiled table is tested against."""
-    required = PAYLOAD.get(trigger)
-    if required is None:
-        raise TransitionRefused(record.key, record.state, trigger, "no such trigger")
-    missing = required - payload.keys()
-    if missing:
-        raise InvalidValue(f"{trigger}.payload", sorted(payload), f"missing {', '.join(sorted(missing))}")
+    _check_payload(record, trigger, payload)
     before = record.state
     try:
         moved = MACHINE.events[trigger].trigger(record, **payload)
@@ -77,6 +67,16 @@ def fire_through_transitions(record: PositionRecord, trigger: str, **payload: ob
     if not moved:
         raise TransitionRefused(record.key, before, trigger, "no guard passed")
     return record.state
+
+
+def _check_payload(record: PositionRecord, trigger: str, payload: dict[str, object]) -> None:
+    """Refuse an unknown trigger, or a payload without the fields its transitions read."""
+    required = PAYLOAD.get(trigger)
+    if required is None:
+        raise TransitionRefused(record.key, record.state, trigger, "no such trigger")
+    if not required.issubset(payload):  # no set built when nothing is missing
+        missing = required - payload.keys()
+        raise InvalidValue(f"{trigger}.payload", sorted(payload), f"missing {', '.join(sorted(missing))}")
 
 
 def allowed_triggers(state: State) -> tuple[str, ...]:
