@@ -112,20 +112,22 @@ def parse_raw_balance(value: object, field: str = "balance") -> int:
         if text.isdigit() and text.isascii() and len(text) <= _MAX_MICRO_DIGITS:
             raw_int = int(text)
             if raw_int > MAX_MICRO:
-                raise QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_MICRO:.0e} raw units "
-                                                        f"({MAX_SHARES:.0e} shares)")
+                raise _beyond_raw_bound(field, value)
             return raw_int
     raw = _decimal(value, field)
     if raw < 0:
         raise InvalidValue(field, value, "negative")
     if raw > MAX_MICRO:
-        raise QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_MICRO:.0e} raw units "
-                                                f"({MAX_SHARES:.0e} shares)")
+        raise _beyond_raw_bound(field, value)
     with exact():
         whole = raw == raw.to_integral_value()
     if not whole:
         raise InvalidValue(field, value, "raw units must be a whole number")
     return int(raw)
+
+
+def _beyond_raw_bound(field: str, value: object) -> QuantityOutOfBounds:
+    return QuantityOutOfBounds(field, value, f"beyond the bound of {MAX_MICRO:.0e} raw units ({MAX_SHARES:.0e} shares)")
 
 
 def parse_price(value: object, field: str = "limit_price") -> Decimal:
