@@ -113,30 +113,37 @@ class PositionBook:
         """A new OPEN position. One live (unfinished) position per key and per token. The same position again
         (a bot re-tracking its book at start) changes nothing and returns None; a different one is refused."""
         self._refuse_without_journal()
-        record = new_record(position, self._records.get, self._live_by_token.get, self.clock.wall,
+        record = new_record(position, self._records, self._live_by_token, self.clock.wall,
                             journaled=self.journal is not None)
-        return None if record is None else self._add([record])[0]
+        if record is None:
+            return None
+        if self.journal is not None:
+            self._journal_tracks(self.journal, [record])
+        self._records[record.key] = record
+        self._live_by_token[record.token_id] = record.key
+        return record
 
     def track_many(self, positions: Sequence[Position]) -> list[PositionRecord]:
         """`track` for each, all or none, in one journal write; returns the records that are new."""
         self._refuse_without_journal()
-        return self._add(new_records(positions, self._records.get, self._live_by_token.get, self.clock.wall,
-                                     journaled=self.journal is not None))
+        new = new_records(positions, self._records, self._live_by_token, self.clock.wall,
+                          journaled=self.journal is not None)
+        if new.records and self.journal is not None:
+            self._journal_tracks(self.journal, new.records)
+        self._records.update(new.by_key)
+        self._live_by_token.update(new.by_token)
+        return new.records
 
-    def _add(self, records: list[PositionRecord]) -> list[PositionRecord]:
-        if records and self.journal is not None:
-            self._refuse_on_failed_journal()
-            try:
-                self.journal.track_many(records, self.clock.wall())
-            except JournalError as err:
-                # Not tracked: the caller learns it now. A journal that cannot take a track cannot be trusted
-                # with the exits that would follow.
-                self._journal_failed(records[0], "track", err)
-                raise
-        for record in records:
-            self._records[record.key] = record
-            self._live_by_token[record.token_id] = record.key
-        return records
+    def _journal_tracks(self, journal: Journal, records: list[PositionRecord]) -> None:
+        """Journal new records before the book holds them: a track the journal refused is not tracked."""
+        self._refuse_on_failed_journal()
+        try:
+            journal.track_many(records, self.clock.wall())
+        except JournalError as err:
+            # Not tracked: the caller learns it now. A journal that cannot take a track cannot be trusted with the
+            # exits that would follow.
+            self._journal_failed(records[0], "track", err)
+            raise
 
     def update(self, key: str, shares: object, last_buy_at: datetime | None) -> None:
         """An OPEN position now holds `shares` (a second buy, a partial fill learned late) and, when given, its

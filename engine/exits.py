@@ -51,13 +51,13 @@ from exitguard.states import (
     MarketRules,
     PositionRecord,
     State,
-    micro_to_shares,
     parse_excess,
     parse_price,
 )
 from exitguard.telemetry.divergence import DivergenceDetector
-from exitguard.telemetry.logs import emit
+from exitguard.telemetry.logs import emit, emit_each
 from exitguard.telemetry.metrics import EngineMetrics
+from exitguard.tracking import tracked_fields
 from exitguard.verify import Verifier, check_tick
 from exitguard.wallet_lock import holding_wallet
 
@@ -234,7 +234,8 @@ class ExitEngine:
         self._gate.check_track(journaled=self.journal_path is not None)
         record = self._book.track(position)
         if record is not None:
-            self._tracked(record, position.shares)
+            emit("position_tracked", key=record.key, token=record.token_id, shares=position.shares)
+            self._warm_ups.request(record.token_id)
 
     def track_many(self, positions: Iterable[Position]) -> None:
         """`track` for many positions (a bot loading its book): all or none. Each is checked first, and a bad one
@@ -242,13 +243,8 @@ class ExitEngine:
         write holds them all. Positions already tracked as they are change nothing, as with `track`."""
         self._gate.check_track(journaled=self.journal_path is not None)
         records = self._book.track_many(list(positions))
-        for record in records:
-            emit("position_tracked", key=record.key, token=record.token_id, shares=micro_to_shares(record.expected))
+        emit_each("position_tracked", records, tracked_fields)
         self._warm_ups.request_many([record.token_id for record in records])
-
-    def _tracked(self, record: PositionRecord, shares: Decimal) -> None:
-        emit("position_tracked", key=record.key, token=record.token_id, shares=shares)
-        self._warm_ups.request(record.token_id)
 
     def update(self, key: str, *, shares: Decimal, last_buy_at: datetime | None = None) -> None:
         """An OPEN position now holds `shares` (a second buy, a partial fill learned late); `last_buy_at`, when

@@ -23,32 +23,44 @@ class Position:
     token_id: str
     shares: Decimal
     last_buy_at: datetime | None = None
-    _micro: int = field(default=0, init=False, repr=False, compare=False)
+    micro_shares: int = field(default=0, init=False, repr=False, compare=False)
+    """`shares` in integer micro-shares (what the engine computes with)."""
 
     def __init__(self, key: str, token_id: str, shares: Decimal, last_buy_at: datetime | None = None) -> None:
-        # Written out rather than generated with a __post_init__: each field is validated, then set once (a frozen
-        # dataclass sets each through object.__setattr__, and a bot may build 100,000 of these at a start).
-        if not isinstance(key, str) or not key.strip():
-            raise InvalidValue("key", key, "must be a non-empty string")
-        if not isinstance(token_id, str) or not token_id.strip():
-            raise InvalidValue("token_id", token_id, "must be a non-empty string")
+        # Written out rather than generated: a bot may build 100,000 of these at a start. The usual input (plain
+        # strings, a Decimal) takes the short checks; anything else takes the long way and its exact error. Each
+        # field is set once through its slot (a frozen dataclass's object.__setattr__ costs twice as much).
+        if type(key) is not str or not key or key.isspace():
+            _refuse_name("key", key)
+        if type(token_id) is not str or not token_id or token_id.isspace():
+            _refuse_name("token_id", token_id)
         micro = shares_to_micro(shares, "shares")
         if micro <= 0:
             raise InvalidValue("shares", shares, "must be positive")
         if last_buy_at is not None and (not isinstance(last_buy_at, datetime) or last_buy_at.tzinfo is None):
             raise InvalidValue("last_buy_at", last_buy_at, "must be a timezone-aware datetime")
-        setattr_ = object.__setattr__
-        setattr_(self, "key", key)
-        setattr_(self, "token_id", token_id)
+        _set_key(self, key)
+        _set_token_id(self, token_id)
         # Kept as given when it already is what micro_to_shares would build (Decimal("10"), Decimal("0.5")).
-        setattr_(self, "shares", shares if type(shares) is Decimal and is_canonical_shares(shares)
-                 else micro_to_shares(micro))
-        setattr_(self, "last_buy_at", last_buy_at)
-        setattr_(self, "_micro", micro)
+        _set_shares(self, shares if type(shares) is Decimal and is_canonical_shares(shares)
+                    else micro_to_shares(micro))
+        _set_last_buy_at(self, last_buy_at)
+        _set_micro(self, micro)
 
-    @property
-    def micro_shares(self) -> int:
-        return self._micro
+
+def _refuse_name(field: str, value: object) -> None:
+    """A key or token id that is not a plain, non-blank string (a str subclass that is not blank passes)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidValue(field, value, "must be a non-empty string")
+
+
+# The slots' own setters: they skip the frozen class's __setattr__ (which refuses) without object.__setattr__'s
+# lookup of the slot by name.
+_set_key = Position.key.__set__  # type: ignore[attr-defined]
+_set_token_id = Position.token_id.__set__  # type: ignore[attr-defined]
+_set_shares = Position.shares.__set__  # type: ignore[attr-defined]
+_set_last_buy_at = Position.last_buy_at.__set__  # type: ignore[attr-defined]
+_set_micro = Position.micro_shares.__set__  # type: ignore[attr-defined]
 
 
 MAX_CLOCK_SKEW = timedelta(seconds=5)

@@ -8,8 +8,9 @@ shrank while OPEN (a second buy, a partial fill learned late) is said so with `u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import NamedTuple
 
 from exitguard.errors import PositionConflict
 from exitguard.position import Position, refuse_future_buy
@@ -31,21 +32,29 @@ def differences(record: PositionRecord, position: Position) -> tuple[Difference,
     return tuple(found)
 
 
-def new_records(positions: Iterable[Position], tracked: Callable[[str], PositionRecord | None],
-                holder: Callable[[str], str | None], now: Callable[[], datetime], *,
-                journaled: bool) -> list[PositionRecord]:
-    """The records `positions` (`track_many`) add to a book (`tracked`: its record of a key; `holder`: the live key
-    holding a token), in order. A position already tracked as it is adds nothing; any other problem raises before
+class NewRecords(NamedTuple):
+    """What `new_records` adds to a book: the records in order, and the same by key and by token."""
+
+    records: list[PositionRecord]
+    by_key: dict[str, PositionRecord]
+    by_token: dict[str, str]
+
+
+def new_records(positions: Iterable[Position], tracked: Mapping[str, PositionRecord], holders: Mapping[str, str],
+                now: Callable[[], datetime], *, journaled: bool) -> NewRecords:
+    """The records `positions` (`track_many`) add to a book (`tracked`: its records by key; `holders`: the live key
+    holding each token), in order. A position already tracked as it is adds nothing; any other problem raises before
     the book changes, naming the position and its index, so nothing is ever half-tracked."""
     records: list[PositionRecord] = []
     batch_keys: dict[str, PositionRecord] = {}
     batch_tokens: dict[str, str] = {}
     wall: datetime | None = None
+    tracked_key, holder, add = tracked.get, holders.get, records.append
     for index, position in enumerate(positions):
         if not isinstance(position, Position):
             raise InvalidValue(f"positions[{index}]", position, "must be an exitguard Position")
         key, token = position.key, position.token_id
-        known = batch_keys.get(key) or tracked(key)
+        known = batch_keys.get(key) or tracked_key(key)
         if known is not None:
             found = differences(known, position)
             if found:
@@ -60,18 +69,16 @@ def new_records(positions: Iterable[Position], tracked: Callable[[str], Position
         taken = batch_tokens.get(token) or holder(token)
         if taken is not None:
             raise token_taken(key, token, taken)
-        record = PositionRecord(key, token, position.micro_shares, position.last_buy_at)
-        batch_keys[key] = record
+        batch_keys[key] = record = PositionRecord(key, token, position.micro_shares, position.last_buy_at)
         batch_tokens[token] = key
-        records.append(record)
-    return records
+        add(record)
+    return NewRecords(records, batch_keys, batch_tokens)
 
 
-def new_record(position: Position, tracked: Callable[[str], PositionRecord | None],
-               holder: Callable[[str], str | None], now: Callable[[], datetime], *,
-               journaled: bool) -> PositionRecord | None:
+def new_record(position: Position, tracked: Mapping[str, PositionRecord], holders: Mapping[str, str],
+               now: Callable[[], datetime], *, journaled: bool) -> PositionRecord | None:
     """`new_records` of one position (`track`), without a batch's bookkeeping: the same checks in the same order."""
-    known = tracked(position.key)
+    known = tracked.get(position.key)
     if known is not None:
         found = differences(known, position)
         if found:
@@ -79,10 +86,15 @@ def new_record(position: Position, tracked: Callable[[str], PositionRecord | Non
         return None
     if position.last_buy_at is not None:
         refuse_future_buy(position, now())
-    taken = holder(position.token_id)
+    taken = holders.get(position.token_id)
     if taken is not None:
         raise token_taken(position.key, position.token_id, taken)
     return PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
+
+
+def tracked_fields(record: PositionRecord) -> dict[str, object]:
+    """The `position_tracked` event's fields for a new record."""
+    return {"key": record.key, "token": record.token_id, "shares": micro_to_shares(record.expected)}
 
 
 def token_taken(key: str, token: str, taken: str) -> PositionConflict:

@@ -51,6 +51,15 @@ def shares_to_micro(value: object, field: str = "shares") -> int:
     100,000 positions a `localcontext` per call was most of what tracking cost."""
     # A Decimal (the usual case) skips `_decimal`'s dispatch on type; a subclass takes the long way.
     if type(value) is Decimal and value.is_finite():
+        # Most of what a bot holds: inside the bound by its leading digit, and at most 6 decimal places. The
+        # same exact ratio as below, minus the checks such a value cannot fail.
+        if -7 < value.adjusted() < _MAX_SHARES_DIGITS:
+            numerator, denominator = value.as_integer_ratio()
+            if denominator == 1:
+                return numerator * MICRO
+            micro, finer = divmod(numerator * MICRO, denominator)
+            if not finer:
+                return micro
         amount = value
     else:
         amount = _decimal(value, field)

@@ -13,6 +13,7 @@ import pytest
 from exitguard import ExitEngine, InvalidValue, JournalError, ManualClock, Position, PositionConflict
 from exitguard.exchange.paper import PaperExchange
 from exitguard.journal import Journal
+from exitguard.pytest_plugin import capturing_events
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +116,12 @@ async def test_it_is_idempotent_like_track_and_journals_in_one_write(clock: Manu
         assert engine.states() == {f"p{i}": "OPEN" for i in range(50)}
         engine.track_many(book(50))  # re-tracked after the journal restored them: still nothing new
         assert engine.counts_by_state() == {"OPEN": 50}
+
+
+async def test_each_new_position_is_logged_once_in_order_and_a_known_one_is_not(clock: ManualClock) -> None:
+    async with engine_on(clock) as engine:
+        engine.track(Position(key="p0", token_id="t0", shares=TEN))
+        with capturing_events() as events:
+            engine.track_many([*book(3), Position(key="p9", token_id="t9", shares=Decimal("0.5"))])
+    assert [(r["key"], r["token"], r["shares"]) for r in events.named("position_tracked")] == [
+        ("p1", "t1", TEN), ("p2", "t2", TEN), ("p9", "t9", Decimal("0.5"))]

@@ -309,3 +309,44 @@ anyio.run(paper_exit)
         "exitguard INFO exit_filled exit_filled",
         "exitguard WARNING exit_not_filled exit_not_filled",
     ]
+
+
+# -- emit_each: a bulk load's events, one loguru call when nobody wants them --------------------------------
+
+def emit_each_from_exitguard(event: str, items: list[Any], fields_of: Any) -> None:
+    exec("emit_each(event, items, fields_of)", {"__name__": "exitguard.probe", "emit_each": logs.emit_each,
+                                                "event": event, "items": items, "fields_of": fields_of})
+
+
+def test_emit_each_builds_one_records_fields_and_renders_nothing_while_exitguard_is_disabled() -> None:
+    lines: list[object] = []
+    built: list[int] = []
+    handler = logger.add(lines.append, level="TRACE")
+    try:
+        assert not records_enabled()
+        emit_each_from_exitguard("position_tracked", [1, 2, 3],
+                                 lambda item: built.append(item) or {"key": f"p{item}", "token": Exploding()})
+    finally:
+        logger.remove(handler)
+    assert lines == []
+    assert built == [1]  # the probe's fields; the other two were never asked for
+
+
+def test_emit_each_emits_every_item_in_order_with_its_fields_when_wanted() -> None:
+    with capturing_events() as events:
+        emit_each_from_exitguard("position_tracked", [1, 2, 3],
+                                 lambda item: {"key": f"p{item}", "token": f"t{item}", "shares": Decimal(item)})
+    assert [(r["key"], r["token"], r["shares"], r["level"]) for r in events.named("position_tracked")] == [
+        ("p1", "t1", Decimal(1), "DEBUG"), ("p2", "t2", Decimal(2), "DEBUG"), ("p3", "t3", Decimal(3), "DEBUG")]
+
+
+def test_emit_each_of_nothing_emits_nothing() -> None:
+    with capturing_events() as events:
+        emit_each_from_exitguard("position_tracked", [], lambda item: {"key": item})
+    assert events.records == []
+
+
+def test_emit_each_respects_the_level_handlers_take() -> None:
+    with capturing_events(level="INFO") as events:  # position_tracked is DEBUG
+        emit_each_from_exitguard("position_tracked", [1, 2], lambda item: {"key": f"p{item}"})
+    assert events.named("position_tracked") == []
