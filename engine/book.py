@@ -20,12 +20,22 @@ from typing import NoReturn
 from exitguard.clock import Clock
 from exitguard.errors import EngineClosed, JournalError, UnknownPosition
 from exitguard.exchange.port import Fill
-from exitguard.journal import Journal, JournaledTransition
-from exitguard.journal.rows import Row, order_row
+from exitguard.journal import Journal
+from exitguard.journal.rows import Row, order_row, order_times
 from exitguard.position import Position, refuse_future_buy
 from exitguard.states import FINAL_STATES, PositionRecord, State, TransitionRefused, fire, micro_to_shares
 from exitguard.telemetry.logs import emit
-from exitguard.tracking import differences, new_record, new_records, retrack_conflict, updated
+from exitguard.tracking import (
+    Entry,
+    as_position,
+    differences,
+    is_new,
+    new_positions,
+    opened,
+    retrack_conflict,
+    state_of,
+    updated,
+)
 
 
 class PositionBook:
@@ -37,7 +47,9 @@ class PositionBook:
         """Where every change is written before the engine acts on it; None: memory only."""
         self.journal_closed = False
         """The book had a journal and it was closed: no change may happen in memory alone any more."""
-        self._records: dict[str, PositionRecord] = {}
+        self._records: dict[str, Entry] = {}
+        """Key -> its record, or the Position as tracked while nothing else happened to it (tracking.Entry): `get`
+        builds the record the first time the position is used."""
         self._live_by_token: dict[str, str] = {}
         self._order_ids: dict[str, str] = {}
         """Key -> the order signed for its sell in flight (journal on): what a lookup after a crash asks for."""
@@ -58,23 +70,26 @@ class PositionBook:
 
     def get(self, key: str) -> PositionRecord:
         try:
-            return self._records[key]
+            entry = self._records[key]
         except (KeyError, TypeError):
             raise UnknownPosition(key) from None
+        if isinstance(entry, Position):
+            entry = self._records[key] = opened(entry)
+        return entry
 
     def state(self, key: str) -> str:
         return str(self.get(key).state)
 
     def states(self) -> dict[str, str]:
-        return {key: str(record.state) for key, record in self._records.items()}
+        return {key: str(state_of(entry)) for key, entry in self._records.items()}
 
     def counts_by_state(self) -> dict[str, int]:
         """Positions per state (cheaper than `states()` at 100,000 positions)."""
-        return {str(state): count for state, count in Counter(r.state for r in self._records.values()).items()}
+        return {str(state): count for state, count in Counter(map(state_of, self._records.values())).items()}
 
     def unresolved(self) -> list[str]:
         """Keys whose sell outcome is unknown."""
-        return [key for key, record in self._records.items() if record.unresolved]
+        return [key for key, entry in self._records.items() if isinstance(entry, PositionRecord) and entry.unresolved]
 
     def unsettled(self) -> list[str]:
         """CLOSED keys whose fill is matched but not yet settled on chain."""
@@ -82,11 +97,11 @@ class PositionBook:
 
     def settling(self) -> list[tuple[PositionRecord, Fill]]:
         """Each sale still settling, with its fill (a copy: the caller may end settlements while it walks)."""
-        return [(self._records[key], fill) for key, fill in self._unsettled.items()]
+        return [(self.get(key), fill) for key, fill in self._unsettled.items()]
 
     def open_tokens(self) -> list[str]:
         """The tokens of OPEN positions, each once, in tracking order."""
-        return list(dict.fromkeys(r.token_id for r in self._records.values() if r.state is State.OPEN))
+        return list(dict.fromkeys(e.token_id for e in self._records.values() if state_of(e) is State.OPEN))
 
     def order_id(self, key: str) -> str | None:
         """The order signed for the key's sell in flight, if one was (journal on)."""
@@ -109,30 +124,38 @@ class PositionBook:
 
     # -- changes -----------------------------------------------------------------------------------
 
-    def track(self, position: Position) -> PositionRecord | None:
+    def track(self, position: Position) -> bool:
         """A new OPEN position. One live (unfinished) position per key and per token. The same position again
-        (a bot re-tracking its book at start) changes nothing and returns None; a different one is refused."""
+        (a bot re-tracking its book at start) changes nothing and returns False; a different one is refused."""
         self._refuse_without_journal()
-        record = new_record(position, self._records, self._live_by_token, self.clock.wall,
-                            journaled=self.journal is not None)
-        if record is None:
-            return None
+        if not is_new(position, self._records, self._live_by_token, self.clock.wall,
+                      journaled=self.journal is not None):
+            return False
         if self.journal is not None:
+            record = opened(position)
             self._journal_tracks(self.journal, [record])
-        self._records[record.key] = record
-        self._live_by_token[record.token_id] = record.key
-        return record
+            self._records[position.key] = record
+        else:
+            self._records[position.key] = position
+        self._live_by_token[position.token_id] = position.key
+        return True
 
-    def track_many(self, positions: Sequence[Position]) -> list[PositionRecord]:
-        """`track` for each, all or none, in one journal write; returns the records that are new."""
+    def track_many(self, positions: Sequence[Position]) -> list[Position]:
+        """`track` for each, all or none, in one journal write; returns the positions that are new."""
         self._refuse_without_journal()
-        new = new_records(positions, self._records, self._live_by_token, self.clock.wall,
-                          journaled=self.journal is not None)
-        if new.records and self.journal is not None:
-            self._journal_tracks(self.journal, new.records)
-        self._records.update(new.by_key)
+        new = new_positions(positions, self._records, self._live_by_token, self.clock.wall,
+                            journaled=self.journal is not None)
+        if not new.positions:
+            return []
+        if self.journal is not None:
+            # Journaled: the records the journal writes are the ones the book keeps.
+            records = [opened(position) for position in new.positions]
+            self._journal_tracks(self.journal, records)
+            self._records.update({record.key: record for record in records})
+        else:
+            self._records.update(new.by_key)
         self._live_by_token.update(new.by_token)
-        return new.records
+        return new.positions
 
     def _journal_tracks(self, journal: Journal, records: list[PositionRecord]) -> None:
         """Journal new records before the book holds them: a track the journal refused is not tracked."""
@@ -299,13 +322,11 @@ class PositionBook:
         live: dict[str, str] = {}
         order_ids: dict[str, str] = {}
         unsettled: dict[str, Fill] = {}
-        pending = dict(self._records)
+        pending = {key: as_position(entry) for key, entry in self._records.items()}
         for row in journal.positions():
             record = row.record()
             early = pending.pop(record.key, None)
-            found = () if early is None else differences(record, Position(
-                key=early.key, token_id=early.token_id, shares=micro_to_shares(early.expected),
-                last_buy_at=early.last_buy_at))
+            found = () if early is None else differences(record, early)
             if found:
                 raise retrack_conflict(record, found, journaled=True)
             records[record.key] = record
@@ -318,7 +339,7 @@ class PositionBook:
         self._records, self._live_by_token = records, live
         self._order_ids.update(order_ids)
         for key, order_id in order_ids.items():
-            noted, sent = _order_times(journal.history(key), order_id)
+            noted, sent = order_times(journal.history(key), order_id)
             if noted is not None:
                 self._noted_at[key] = noted
             if sent is not None:
@@ -326,9 +347,7 @@ class PositionBook:
         self._unsettled.update(unsettled)
         journal.offload()  # from here its checkpoints' fsyncs run off the event loop too
         self.journal, self.journal_closed = journal, False
-        return list(records.values()), [
-            Position(key=r.key, token_id=r.token_id, shares=micro_to_shares(r.expected), last_buy_at=r.last_buy_at)
-            for r in pending.values()]
+        return list(records.values()), list(pending.values())
 
     def close_journal(self, journal: Journal) -> None:
         """The journal's file and lock are released; from here on every change is refused (EngineClosed)."""
@@ -379,23 +398,3 @@ class PositionBook:
         # Skipping the write would let memory and disk disagree without a word: a restart would redo it.
         if self.journal_closed:
             raise EngineClosed("the engine's journal is closed: no position may change any more")
-
-
-def _order_times(history: list[JournaledTransition], order_id: str) -> tuple[datetime | None, datetime | None]:
-    """From a position's journaled transitions: when `order_id` was noted before its post, and when it left
-    our hands (the last `sent_at` journaled after that note), each None when the journal does not say."""
-    noted: datetime | None = None
-    sent: datetime | None = None
-    for row in history:
-        if row.trigger == "order_signed" and row.payload.get("order_id") == order_id:
-            noted, sent = _when(row.wall_time), None
-        elif noted is not None and isinstance(row.payload.get("sent_at"), str):
-            sent = _when(row.payload["sent_at"]) or sent
-    return noted, sent
-
-
-def _when(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None

@@ -232,19 +232,18 @@ class ExitEngine:
         if not isinstance(position, Position):
             raise InvalidValue("position", position, "must be an exitguard Position")
         self._gate.check_track(journaled=self.journal_path is not None)
-        record = self._book.track(position)
-        if record is not None:
-            emit("position_tracked", key=record.key, token=record.token_id, shares=position.shares)
-            self._warm_ups.request(record.token_id)
+        if self._book.track(position):
+            emit("position_tracked", key=position.key, token=position.token_id, shares=position.shares)
+            self._warm_ups.request(position.token_id)
 
     def track_many(self, positions: Iterable[Position]) -> None:
         """`track` for many positions (a bot loading its book): all or none. Each is checked first, and a bad one
         (not a Position, a conflict, a buy in the future) raises naming it with nothing tracked; one journal
         write holds them all. Positions already tracked as they are change nothing, as with `track`."""
         self._gate.check_track(journaled=self.journal_path is not None)
-        records = self._book.track_many(list(positions))
-        emit_each("position_tracked", records, tracked_fields)
-        self._warm_ups.request_many([record.token_id for record in records])
+        fresh = self._book.track_many(list(positions))
+        emit_each("position_tracked", fresh, tracked_fields)
+        self._warm_ups.request_many([position.token_id for position in fresh])
 
     def update(self, key: str, *, shares: Decimal, last_buy_at: datetime | None = None) -> None:
         """An OPEN position now holds `shares` (a second buy, a partial fill learned late); `last_buy_at`, when

@@ -14,10 +14,38 @@ from typing import NamedTuple
 
 from exitguard.errors import PositionConflict
 from exitguard.position import Position, refuse_future_buy
-from exitguard.states import InvalidValue, PositionRecord, micro_to_shares
+from exitguard.states import InvalidValue, PositionRecord, State, micro_to_shares
 
 Difference = tuple[str, object, object]
 """(field, the tracked value, the new value)."""
+
+Entry = PositionRecord | Position
+"""What a book holds for a key: the position's record, or the tracked Position itself while nothing but tracking has
+happened to it. An untouched position is OPEN with nothing to remember beyond what it was tracked with, so its record
+(`opened`) is built on first use: a bot that loads 100,000 positions and exits a few pays for a few records."""
+
+
+def opened(position: Position) -> PositionRecord:
+    """The record of a position just tracked: OPEN, nothing attempted."""
+    return PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
+
+
+def record_of(entry: Entry) -> PositionRecord:
+    """The entry's record; a new, OPEN one for a Position (the caller keeps it if it is to change)."""
+    return opened(entry) if isinstance(entry, Position) else entry
+
+
+def state_of(entry: Entry) -> State:
+    return State.OPEN if isinstance(entry, Position) else entry.state
+
+
+def as_position(entry: Entry) -> Position:
+    """A position tracked before the journal opened, as it was tracked (nothing but tracking can happen to a
+    position before the engine starts)."""
+    if isinstance(entry, Position):
+        return entry
+    return Position(key=entry.key, token_id=entry.token_id, shares=micro_to_shares(entry.expected),
+                    last_buy_at=entry.last_buy_at)
 
 
 def differences(record: PositionRecord, position: Position) -> tuple[Difference, ...]:
@@ -32,33 +60,34 @@ def differences(record: PositionRecord, position: Position) -> tuple[Difference,
     return tuple(found)
 
 
-class NewRecords(NamedTuple):
-    """What `new_records` adds to a book: the records in order, and the same by key and by token."""
+class NewPositions(NamedTuple):
+    """What `new_positions` adds to a book: the new positions in order, and the same by key and by token."""
 
-    records: list[PositionRecord]
-    by_key: dict[str, PositionRecord]
+    positions: list[Position]
+    by_key: dict[str, Position]
     by_token: dict[str, str]
 
 
-def new_records(positions: Iterable[Position], tracked: Mapping[str, PositionRecord], holders: Mapping[str, str],
-                now: Callable[[], datetime], *, journaled: bool) -> NewRecords:
-    """The records `positions` (`track_many`) add to a book (`tracked`: its records by key; `holders`: the live key
-    holding each token), in order. A position already tracked as it is adds nothing; any other problem raises before
-    the book changes, naming the position and its index, so nothing is ever half-tracked."""
-    records: list[PositionRecord] = []
-    batch_keys: dict[str, PositionRecord] = {}
+def new_positions(positions: Iterable[Position], tracked: Mapping[str, Entry], holders: Mapping[str, str],
+                  now: Callable[[], datetime], *, journaled: bool) -> NewPositions:
+    """The positions of `positions` (`track_many`) that are new to a book (`tracked`: its entries by key; `holders`:
+    the live key holding each token), in order. A position already tracked as it is adds nothing; any other problem
+    raises before the book changes, naming the position and its index, so nothing is ever half-tracked."""
+    fresh: list[Position] = []
+    batch_keys: dict[str, Position] = {}
     batch_tokens: dict[str, str] = {}
     wall: datetime | None = None
-    tracked_key, holder, add = tracked.get, holders.get, records.append
+    tracked_key, holder, add = tracked.get, holders.get, fresh.append
     for index, position in enumerate(positions):
         if not isinstance(position, Position):
             raise InvalidValue(f"positions[{index}]", position, "must be an exitguard Position")
         key, token = position.key, position.token_id
         known = batch_keys.get(key) or tracked_key(key)
         if known is not None:
-            found = differences(known, position)
+            record = record_of(known)
+            found = differences(record, position)
             if found:
-                raise retrack_conflict(known, found, journaled=journaled)
+                raise retrack_conflict(record, found, journaled=journaled)
             continue
         if position.last_buy_at is not None:  # the clock is read only when there is a buy to check
             wall = wall or now()
@@ -69,32 +98,34 @@ def new_records(positions: Iterable[Position], tracked: Mapping[str, PositionRec
         taken = batch_tokens.get(token) or holder(token)
         if taken is not None:
             raise token_taken(key, token, taken)
-        batch_keys[key] = record = PositionRecord(key, token, position.micro_shares, position.last_buy_at)
+        batch_keys[key] = position
         batch_tokens[token] = key
-        add(record)
-    return NewRecords(records, batch_keys, batch_tokens)
+        add(position)
+    return NewPositions(fresh, batch_keys, batch_tokens)
 
 
-def new_record(position: Position, tracked: Mapping[str, PositionRecord], holders: Mapping[str, str],
-               now: Callable[[], datetime], *, journaled: bool) -> PositionRecord | None:
-    """`new_records` of one position (`track`), without a batch's bookkeeping: the same checks in the same order."""
+def is_new(position: Position, tracked: Mapping[str, Entry], holders: Mapping[str, str],
+           now: Callable[[], datetime], *, journaled: bool) -> bool:
+    """`new_positions` of one position (`track`), without a batch's bookkeeping: the same checks in the same order.
+    False for a position already tracked as it is."""
     known = tracked.get(position.key)
     if known is not None:
-        found = differences(known, position)
+        record = record_of(known)
+        found = differences(record, position)
         if found:
-            raise retrack_conflict(known, found, journaled=journaled)
-        return None
+            raise retrack_conflict(record, found, journaled=journaled)
+        return False
     if position.last_buy_at is not None:
         refuse_future_buy(position, now())
     taken = holders.get(position.token_id)
     if taken is not None:
         raise token_taken(position.key, position.token_id, taken)
-    return PositionRecord(position.key, position.token_id, position.micro_shares, position.last_buy_at)
+    return True
 
 
-def tracked_fields(record: PositionRecord) -> dict[str, object]:
-    """The `position_tracked` event's fields for a new record."""
-    return {"key": record.key, "token": record.token_id, "shares": micro_to_shares(record.expected)}
+def tracked_fields(position: Position) -> dict[str, object]:
+    """The `position_tracked` event's fields."""
+    return {"key": position.key, "token": position.token_id, "shares": position.shares}
 
 
 def token_taken(key: str, token: str, taken: str) -> PositionConflict:

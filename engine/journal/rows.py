@@ -205,3 +205,23 @@ def transition_of(row: tuple[Any, ...]) -> JournaledTransition:
         raise TypeError(f"payload is {type(data).__name__}, not an object")
     return JournaledTransition(_integer(seq, "seq"), _text(key, "key"), _text(source, "source", optional=True),
                                _text(dest, "dest"), _text(trigger, "trigger"), data, _text(wall, "wall_time"))
+
+
+def order_times(history: list[JournaledTransition], order_id: str) -> tuple[datetime | None, datetime | None]:
+    """From a position's journaled transitions: when `order_id` was noted before its post, and when it left
+    our hands (the last `sent_at` journaled after that note), each None when the journal does not say."""
+    noted: datetime | None = None
+    sent: datetime | None = None
+    for row in history:
+        if row.trigger == "order_signed" and row.payload.get("order_id") == order_id:
+            noted, sent = _parsed_time(row.wall_time), None
+        elif noted is not None and isinstance(row.payload.get("sent_at"), str):
+            sent = _parsed_time(row.payload["sent_at"]) or sent
+    return noted, sent
+
+
+def _parsed_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None

@@ -125,3 +125,25 @@ async def test_each_new_position_is_logged_once_in_order_and_a_known_one_is_not(
             engine.track_many([*book(3), Position(key="p9", token_id="t9", shares=Decimal("0.5"))])
     assert [(r["key"], r["token"], r["shares"]) for r in events.named("position_tracked")] == [
         ("p1", "t1", TEN), ("p2", "t2", TEN), ("p9", "t9", Decimal("0.5"))]
+
+
+async def test_an_untouched_position_is_open_everywhere_and_the_record_built_on_first_use_is_the_one_kept(
+        clock: ManualClock) -> None:
+    exchange = PaperExchange(clock=clock)
+    exchange.set_balance("t1", Decimal("12"))
+    exchange.set_bids("t1", [(Decimal("0.60"), Decimal("100"))])
+    async with ExitEngine(exchange, clock=clock, settlement_poll_interval=None) as engine:
+        engine.track_many(book(3))
+        assert engine.states() == {"p0": "OPEN", "p1": "OPEN", "p2": "OPEN"}
+        assert engine.counts_by_state() == {"OPEN": 3}
+        assert engine.unresolved() == []
+        engine.update("p1", shares=Decimal("12"))  # the first use: p1's record is built, and changed
+        with pytest.raises(PositionConflict, match="shares tracked 12 but 10 now"):
+            engine.track(Position(key="p1", token_id="t1", shares=TEN))
+        result = await engine.exit("p1", reason="test", limit_price=Decimal("0.55"))
+        assert result.shares_sold == Decimal("12")
+        assert engine.states() == {"p0": "OPEN", "p1": "CLOSED", "p2": "OPEN"}
+        assert engine.counts_by_state() == {"OPEN": 2, "CLOSED": 1}
+        engine.track(Position(key="p2", token_id="t2", shares=TEN))  # as tracked: nothing changes
+        with pytest.raises(PositionConflict, match="token_id=.t0. is already held by live position 'p0'"):
+            engine.track(Position(key="p7", token_id="t0", shares=TEN))
