@@ -336,7 +336,7 @@ class PositionBook:
                 unsettled[record.key] = row.unsettled
             if record.state not in FINAL_STATES:
                 live[record.token_id] = record.key
-        self._records, self._live_by_token = records, live
+        self._records, self._live_by_token = dict[str, Entry](records), live
         self._order_ids.update(order_ids)
         for key, order_id in order_ids.items():
             noted, sent = order_times(journal.history(key), order_id)

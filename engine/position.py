@@ -56,11 +56,12 @@ def _refuse_name(field: str, value: object) -> None:
 
 # The slots' own setters: they skip the frozen class's __setattr__ (which refuses) without object.__setattr__'s
 # lookup of the slot by name.
-_set_key = Position.key.__set__  # type: ignore[attr-defined]
-_set_token_id = Position.token_id.__set__  # type: ignore[attr-defined]
-_set_shares = Position.shares.__set__  # type: ignore[attr-defined]
-_set_last_buy_at = Position.last_buy_at.__set__  # type: ignore[attr-defined]
-_set_micro = Position.micro_shares.__set__  # type: ignore[attr-defined]
+_SLOTS = vars(Position)
+_set_key = _SLOTS["key"].__set__
+_set_token_id = _SLOTS["token_id"].__set__
+_set_shares = _SLOTS["shares"].__set__
+_set_last_buy_at = _SLOTS["last_buy_at"].__set__
+_set_micro = _SLOTS["micro_shares"].__set__
 
 
 MAX_CLOCK_SKEW = timedelta(seconds=5)
