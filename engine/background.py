@@ -67,18 +67,19 @@ class WarmUps:
             # track() called from outside the engine's event loop (another thread): no warm-up; the first
             # exit looks the market up itself.
             return
-        self._pending.append(token)
-        if not wake.is_set():
-            wake.set()
+        pending = self._pending
+        if not pending:
+            wake.set()  # workers sleep only on an empty queue: the token that ends it wakes them, later ones need not
+        pending.append(token)
 
     def request_many(self, tokens: list[str]) -> None:
         """`request` for each of `tokens`, with one wake-up."""
         wake = self._wake
         if wake is None or not tokens or threading.get_ident() != self._loop_thread:
             return
-        self._pending.extend(tokens)
-        if not wake.is_set():
+        if not self._pending:
             wake.set()
+        self._pending.extend(tokens)
 
     async def _worker(self) -> None:
         pending = self._pending

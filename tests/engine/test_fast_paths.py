@@ -160,3 +160,33 @@ def test_a_waiter_cancelled_as_its_turn_comes_leaks_no_slot() -> None:
         return order
 
     assert anyio.run(run)[-1] == "next"  # whether the cancelled one ran before its cancellation landed or not
+
+
+def test_a_token_tracked_while_the_workers_are_busy_or_asleep_is_warmed() -> None:
+    class Slow(Warmed):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = anyio.Event()
+
+        async def warm_up(self, token_id: str) -> None:
+            await self.gate.wait()
+            await super().warm_up(token_id)
+
+    async def settle() -> None:
+        for _ in range(200):
+            await anyio.lowlevel.checkpoint()
+
+    async def run() -> list[str]:
+        paper = Slow()
+        async with ExitEngine(paper, settlement_poll_interval=None) as engine:
+            await settle()  # the workers are asleep on an empty queue
+            engine.track_many([Position(key=f"p{i}", token_id=f"t{i}", shares=Decimal("1")) for i in range(12)])
+            await settle()  # 8 workers busy, 4 tokens queued
+            engine.track(Position(key="busy", token_id="t-busy", shares=Decimal("1")))  # joins a non-empty queue
+            paper.gate.set()
+            await settle()  # all warmed: the workers are asleep again
+            engine.track(Position(key="asleep", token_id="t-asleep", shares=Decimal("1")))
+            await settle()
+            return sorted(paper.warmed)
+
+    assert anyio.run(run) == sorted([f"t{i}" for i in range(12)] + ["t-busy", "t-asleep"])
