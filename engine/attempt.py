@@ -24,6 +24,7 @@ from exitguard.clock import Clock
 from exitguard.errors import ExchangeError, MarketClosed
 from exitguard.position import ExitResult
 from exitguard.reports import Reporter, balance_facts, log_fields
+from exitguard.scopes import Scopes
 from exitguard.sell import Seller
 from exitguard.states import (
     Excess,
@@ -36,7 +37,7 @@ from exitguard.states import (
     micro_to_shares,
 )
 from exitguard.telemetry.metrics import EngineMetrics
-from exitguard.verify import Verifier, check_tick
+from exitguard.verify import Verifier
 
 UNSETTLED_ZERO = "balance 0 inside the settlement window of the last buy: the cache may lag the buy"
 
@@ -92,7 +93,7 @@ class Attempt:
     """Runs attempts for one engine."""
 
     def __init__(self, verify: Verifier, book: PositionBook, report: Reporter, seller: Seller, clock: Clock,
-                 metrics: EngineMetrics, *, verify_timeout: float, settlement_window: timedelta,
+                 metrics: EngineMetrics, scopes: Scopes, *, verify_timeout: float, settlement_window: timedelta,
                  excess: Excess) -> None:
         self.verify = verify
         self.book = book
@@ -100,46 +101,64 @@ class Attempt:
         self.seller = seller
         self.clock = clock
         self.metrics = metrics
+        self.scopes = scopes
         self.verify_timeout = verify_timeout
         self.settlement_window = settlement_window
         self.excess = excess
 
     async def run(self, record: PositionRecord, price: Decimal, attempts: int) -> tuple[ExitResult, bool]:
-        """One verification and at most one sell. Returns the result and whether a retry may follow."""
+        """One verification and at most one sell. Returns the result and whether a retry may follow.
+
+        One cancel scope holds both deadlines in turn: the verification's, then (moved by the seller) the sell's.
+        Only they cancel it, so its catch is a timeout of whichever phase ran; `latency` is set once the
+        verification has ended, which tells the two apart. A deadline that struck as the balance arrived has
+        cancelled the scope already: the sell then gets a scope of its own, as a sell always did."""
         started = self.clock.monotonic()
-        try:
-            # anyio.fail_after without its generator (a few us per exit): only the deadline cancels this scope.
-            with anyio.CancelScope(deadline=anyio.current_time() + self.verify_timeout) as scope:
+        latency: float | None = None
+        with self.scopes.within(self.verify_timeout) as scope:
+            try:
                 self.verify.check_open(record.token_id)  # a market known closed: no slot, no read, nothing sent
                 rules, balance, off_tick = await self._read(record, price)
-            if scope.cancelled_caught:
-                raise TimeoutError
-        except MarketClosed as err:
-            # No sell can ever take these shares: its own outcome, never a failed verification to retry.
-            return self.report.market_closed(record, err, price, attempts, self.clock.monotonic() - started), False
-        except (ExchangeError, InvalidValue, TimeoutError) as err:
-            latency = self.clock.monotonic() - started
-            error = str(err) or f"no answer within {self.verify_timeout}s"
-            return self.report.verify_failed(record, err, error, price, attempts, latency), False
-        if off_tick is not None:
-            self.book.fire(record, "verify_failed", error=f"refused before the balance was read: {off_tick}")
-            raise off_tick
-        verified_at = self.clock.monotonic()
-        latency = verified_at - started
-        self.metrics.verify_latency_recorder.record(latency)
-        verdict = assess_balance(record.expected, balance, rules, last_buy_at=record.last_buy_at,
-                                 now=self.clock.wall(), settlement_window=self.settlement_window, excess=self.excess)
-        self.book.fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
-        if record.state is State.SELLING:
+            except MarketClosed as err:
+                # No sell can ever take these shares: its own outcome, never a failed verification to retry.
+                return self.report.market_closed(record, err, price, attempts, self.clock.monotonic() - started), False
+            except (ExchangeError, InvalidValue, TimeoutError) as err:
+                return self._verify_failed(record, err, price, attempts, started), False
+            if off_tick is not None:
+                self.book.fire(record, "verify_failed", error=f"refused before the balance was read: {off_tick}")
+                raise off_tick
+            verified_at = self.clock.monotonic()
+            latency = verified_at - started
+            self.metrics.verify_latency_recorder.record(latency)
+            verdict = assess_balance(record.expected, balance, rules, last_buy_at=record.last_buy_at,
+                                     now=self.clock.wall(), settlement_window=self.settlement_window,
+                                     excess=self.excess)
+            self.book.fire(record, "balance_fetched", verdict=verdict, verified_at=verified_at)
+            if record.state is not State.SELLING:
+                report = self.report.after(record, "balance_fetched", log_fields(record, latency),
+                                           between=(verdict.expected, verdict.actual), **balance_facts(verdict),
+                                           min_order_size=micro_to_shares(rules.min_order_size),
+                                           error=UNSETTLED_ZERO, error_type="UnsettledBalance")
+                return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
+                                         error=UNSETTLED_ZERO if record.state is State.OPEN else None), False
             if verdict.mismatch:
                 self.report.mismatch(record, verdict, log_fields(record, latency))
-            return await self.seller.sell(record, price, attempts, latency)
-        report = self.report.after(record, "balance_fetched", log_fields(record, latency),
-                                   between=(verdict.expected, verdict.actual), **balance_facts(verdict),
-                                   min_order_size=micro_to_shares(rules.min_order_size),
-                                   error=UNSETTLED_ZERO, error_type="UnsettledBalance")
-        return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
-                                 error=UNSETTLED_ZERO if record.state is State.OPEN else None), False
+            if not scope.cancel_called:
+                return await self.seller.sell(record, price, attempts, latency, scope)
+        if scope.cancelled_caught:
+            if latency is None:
+                return self._verify_failed(record, TimeoutError(), price, attempts, started), False
+            return self.seller.timed_out(record, price, attempts, latency)
+        assert latency is not None, "only a verified SELLING position leaves the scope uncaught and unreturned"
+        with self.scopes.scope() as scope:
+            return await self.seller.sell(record, price, attempts, latency, scope)
+        return self.seller.timed_out(record, price, attempts, latency)
+
+    def _verify_failed(self, record: PositionRecord, err: Exception, price: Decimal, attempts: int,
+                       started: float) -> ExitResult:
+        latency = self.clock.monotonic() - started
+        error = str(err) or f"no answer within {self.verify_timeout}s"
+        return self.report.verify_failed(record, err, error, price, attempts, latency)
 
     async def _read(self, record: PositionRecord, price: Decimal) -> tuple[MarketRules, int, InvalidValue | None]:
         """The market's rules and the balance, the sell's slot reserved (`reserve_sell`) before the balance is
@@ -149,10 +168,11 @@ class Attempt:
                                                                            self.settlement_window)
         rules = self.verify.cached_rules(record.token_id)
         if rules is not None:
-            off_tick = _off_tick(price, rules)
+            off_tick = self.verify.off_tick(price, rules)
             if off_tick is not None:
                 return rules, 0, off_tick  # the caller's mistake: no slot taken, nothing read
-            await self.verify.reserve(attempt_id)
+            if self.verify.reserves:
+                await self.verify.reserve(attempt_id)
             return rules, await self.verify.balance(record, settling=settling), None
         # The first exit right after track(), before its warm-up ended: the rules are read beside the slot and
         # the balance, so it costs the same round trips as a warm exit. Errors are kept until both ended (a task
@@ -176,18 +196,10 @@ class Attempt:
                 rules_error.append(err)
                 group.cancel_scope.cancel()
             else:
-                off_tick = _off_tick(price, fetched)
+                off_tick = self.verify.off_tick(price, fetched)
                 if off_tick is not None:
                     group.cancel_scope.cancel()  # the caller's mistake: the balance read is discarded
                     return fetched, 0, off_tick
         if rules_error or balance_error:
             raise (rules_error or balance_error)[0]
         return fetched, read[0], None
-
-
-def _off_tick(price: Decimal, rules: MarketRules) -> InvalidValue | None:
-    try:
-        check_tick(price, rules)
-    except InvalidValue as err:
-        return err
-    return None

@@ -58,7 +58,7 @@ from exitguard.telemetry.divergence import DivergenceDetector
 from exitguard.telemetry.logs import emit, emit_each
 from exitguard.telemetry.metrics import EngineMetrics
 from exitguard.tracking import tracked_fields
-from exitguard.verify import Verifier, check_tick
+from exitguard.verify import Verifier
 from exitguard.wallet_lock import holding_wallet
 
 DEFAULT_SETTLEMENT_WINDOW = timedelta(seconds=60)
@@ -132,6 +132,7 @@ class ExitEngine:
         self._attempt_ids = attempt_ids or fresh_attempt_ids()
         self.excess = parse_excess(excess)  # "cap": never sell more than tracked (states.Excess)
         self._book = PositionBook(self.clock)
+        self._gate = Gate(shutdown_grace)
         self._report = Reporter(self._book, self.metrics, self.divergence)
         self._verify = Verifier(exchange, self.metrics)
         # A warm-up that finds the market closed marks it: the first exit then ends MARKET_CLOSED at once.
@@ -146,14 +147,14 @@ class ExitEngine:
         self.metrics.unresolved_age = self._resolver.oldest_age
         self._fills = FillFollower(exchange, self._book, self._settlements, self._resolver, self.clock, self.metrics)
         self._seller = Seller(exchange, self._book, self._report, self._settlements, self.clock, self.metrics,
-                              permit_max_age=permit_max_age, timeout=sell_timeout,
+                              permit_max_age=permit_max_age, timeout=sell_timeout, scopes=self._gate.scopes,
                               distrust_balance=self._verify.distrust_balance, distrust_rules=self._verify.forget_rules,
                               remember_closed=self._verify.remember_closed)
         self._attempt = Attempt(self._verify, self._book, self._report, self._seller, self.clock, self.metrics,
-                                verify_timeout=verify_timeout, settlement_window=settlement_window, excess=self.excess)
+                                self._gate.scopes, verify_timeout=verify_timeout, settlement_window=settlement_window,
+                                excess=self.excess)
         self._lifetime: AsyncExitStack | None = None
         self._slots: Slots | None = None
-        self._gate = Gate(shutdown_grace)
         self._switch = KillSwitch(self.clock, self.metrics)
         self._exiting: set[str] = set()
         """Keys with an exit() running now: another exit() of them is IN_PROGRESS."""
@@ -339,7 +340,7 @@ class ExitEngine:
             return self._report.counted(self._switch.refused(record, reason, self._report))
         rules = self._verify.cached_rules(record.token_id)
         if rules is not None:
-            check_tick(price, rules)
+            self._verify.check_tick(price, rules)
         # Marked before the first await: a racing exit() sees it and is refused.
         self._exiting.add(key)
         try:

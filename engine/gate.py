@@ -14,6 +14,7 @@ from types import TracebackType
 import anyio
 
 from exitguard.errors import EngineClosed
+from exitguard.scopes import Scopes
 from exitguard.telemetry.logs import emit
 
 NOT_RUNNING = "use the engine inside `async with ExitEngine(...) as engine:`"
@@ -24,12 +25,16 @@ class Gate:
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
+        self.scopes = Scopes()
+        """The engine's cancel scopes (its calls', its attempts' deadlines): bound to the backend by `open`."""
         self._stage = "new"
         """new -> running -> closing -> closed (-> running again, if the engine is entered again)."""
         self._calls: set[anyio.CancelScope] = set()
         self._idle: anyio.Event | None = None
 
     def open(self) -> None:
+        """Let calls in; called on the engine's event loop as it starts."""
+        self.scopes.bind()
         self._stage = "running"
 
     def check(self) -> None:
@@ -85,7 +90,7 @@ class Call:
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
-        self.scope = anyio.CancelScope()
+        self.scope = gate.scopes.scope()
 
     def __enter__(self) -> anyio.CancelScope:
         self.gate._calls.add(self.scope)

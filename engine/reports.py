@@ -7,7 +7,9 @@ instead of deciding: fire -> after -> finish.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from exitguard.book import PositionBook
@@ -37,6 +39,15 @@ def log_fields(record: PositionRecord, latency: float | None) -> dict[str, objec
         "verify_latency_ms": None if latency is None else round(latency * 1000, 3),
     }
 
+
+_shares = lru_cache(maxsize=4096)(micro_to_shares)
+"""`micro_to_shares` for a result's amounts, which repeat (a position's tracked shares, its balance, zero): a Decimal
+is immutable, so one built earlier for the same amount is as good as a new one."""
+_ZERO = Decimal(0)
+# A result's fields set through their slots, as position.py sets Position's: the frozen dataclass's generated
+# __init__ goes through object.__setattr__ once per field, twice the cost, on every exit.
+# tests/engine/test_exit_deadlines.py holds `finish` to what the constructor would have built, field by field.
+_R = {field.name: vars(ExitResult)[field.name].__set__ for field in fields(ExitResult)}
 
 Span = tuple[int | None, int | None]
 """(expected, actual) micro-shares of a divergence; None where unknown."""
@@ -128,18 +139,18 @@ class Reporter:
         self.book.release_token(record)
         closed = outcome is ExitOutcome.CLOSED
         sold = record.sold if closed else 0
-        return ExitResult(
-            key=record.key,
-            outcome=outcome,
-            state=str(record.state),
-            shares_sold=micro_to_shares(sold),
-            expected_shares=micro_to_shares(record.expected),
-            verified_balance=None if record.verified_balance is None else micro_to_shares(record.verified_balance),
-            residual_shares=micro_to_shares(record.residual) if record.state in FINAL_STATES else Decimal(0),
-            verify_latency=latency,
-            attempts=attempts,
-            limit_price=price,
-            order_id=order_id if order_id is not None or not closed else record.filled_order_id,
-            error=error,
-            avg_price=record.avg_price if closed else None,
-        )
+        result = object.__new__(ExitResult)
+        _R["key"](result, record.key)
+        _R["outcome"](result, outcome)
+        _R["state"](result, str(record.state))
+        _R["shares_sold"](result, _shares(sold))
+        _R["expected_shares"](result, _shares(record.expected))
+        _R["verified_balance"](result, None if record.verified_balance is None else _shares(record.verified_balance))
+        _R["residual_shares"](result, _shares(record.residual) if record.state in FINAL_STATES else _ZERO)
+        _R["verify_latency"](result, latency)
+        _R["attempts"](result, attempts)
+        _R["limit_price"](result, price)
+        _R["order_id"](result, order_id if order_id is not None or not closed else record.filled_order_id)
+        _R["error"](result, error)
+        _R["avg_price"](result, record.avg_price if closed else None)
+        return result

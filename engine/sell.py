@@ -19,6 +19,7 @@ from exitguard.errors import JournalError, UnknownOutcome, answer_of
 from exitguard.exchange.port import Exchange, Fill, SellDeadline
 from exitguard.position import ExitResult
 from exitguard.reports import Reporter, log_fields
+from exitguard.scopes import Scopes
 from exitguard.states import (
     FILL_MISMATCH,
     SELL_ANSWERS,
@@ -40,7 +41,7 @@ class Seller:
     `remember_closed(token)` (the market no longer trades: later exits of it end at once, nothing sent)."""
 
     def __init__(self, exchange: Exchange, book: PositionBook, report: Reporter, settlements: Settlements,
-                 clock: Clock, metrics: EngineMetrics, *, permit_max_age: float, timeout: float,
+                 clock: Clock, metrics: EngineMetrics, *, permit_max_age: float, timeout: float, scopes: Scopes,
                  distrust_balance: Callable[[str], None], distrust_rules: Callable[[str], None],
                  remember_closed: Callable[[str], None]) -> None:
         self.exchange = exchange
@@ -51,64 +52,46 @@ class Seller:
         self.metrics = metrics
         self.permit_max_age = permit_max_age
         self.timeout = timeout
+        self.scopes = scopes
         self.effects: dict[AnswerEffect, Callable[[str], None]] = {
             AnswerEffect.REFRESH_BALANCE_FIRST: distrust_balance,
             AnswerEffect.FORGET_MARKET_RULES: distrust_rules,
             AnswerEffect.REMEMBER_MARKET_CLOSED: remember_closed,
         }
 
-    async def sell(self, record: PositionRecord, price: Decimal, attempts: int,
-                   latency: float) -> tuple[ExitResult, bool]:
-        """Sell what the permit of the SELLING `record` allows. Returns the result and whether a retry
-        may follow (only after a killed FOK)."""
+    async def sell(self, record: PositionRecord, price: Decimal, attempts: int, latency: float,
+                   scope: anyio.CancelScope) -> tuple[ExitResult, bool]:
+        """Sell what the permit of the SELLING `record` allows, inside `scope` (the attempt's, entered), whose deadline
+        becomes the sell's. Returns the result and whether a retry may follow (only after a killed FOK). When the
+        deadline strikes, the cancellation leaves through `scope` and the attempt reports it with `timed_out`."""
         permit = take_permit(record)
         context = log_fields(record, latency)
-        if not permit_is_fresh(permit, self.clock.monotonic(), self.permit_max_age):
+        started = self.clock.monotonic()  # the sell's latency counts from its freshness check
+        if not permit_is_fresh(permit, started, self.permit_max_age):
             return self._expired(record, permit, context, attempts, price, latency), False
         # Checked once more by the adapter when the order is about to leave, after its own waits (a worker
         # thread, a rate-limit slot, signing): a verification may age past its limit inside `sell`.
         deadline = SellDeadline(permit.verified_at + self.permit_max_age, self.clock.monotonic)
-        started = self.clock.monotonic()
+        self.scopes.move(scope, self.timeout)  # only this deadline cancels `scope` from here: its catch is a timeout
         try:
-            # anyio.fail_after without its generator (a few us per exit): only the deadline cancels this scope.
-            with anyio.CancelScope(deadline=anyio.current_time() + self.timeout) as scope:
-                if self.book.journal is not None:
-                    # The order's id is durable before the order exists anywhere else: after a crash,
-                    # recovery looks up exactly this order instead of guessing.
-                    order_id = await self.exchange.prepare_sell(permit, price)
-                    self.book.note_order(record, order_id)
-                    # One fsync (off the event loop) makes the intent durable: the request, the verified balance and
-                    # this order id. Only then is the permit's age judged, for the post that follows at once.
-                    await self.book.commit_intent(record)
-                    if not permit_is_fresh(permit, self.clock.monotonic(), self.permit_max_age):
-                        return self._expired(record, permit, context, attempts, price, latency), False
-                fill = await self.exchange.sell(permit, price, deadline=deadline)
-                if not readable_fill(fill, permit):
-                    # The order left and the answer is no fill we can read: it may have executed (issue 11 A.1).
-                    raise UnknownOutcome(f"the exchange answered the sell with no readable Fill: {str(fill)[:200]}")
-            if scope.cancelled_caught:
-                raise TimeoutError
+            if self.book.journal is not None:
+                # The order's id is durable before the order exists anywhere else: after a crash,
+                # recovery looks up exactly this order instead of guessing.
+                order_id = await self.exchange.prepare_sell(permit, price)
+                self.book.note_order(record, order_id)
+                # One fsync (off the event loop) makes the intent durable: the request, the verified balance and
+                # this order id. Only then is the permit's age judged, for the post that follows at once.
+                await self.book.commit_intent(record)
+                if not permit_is_fresh(permit, self.clock.monotonic(), self.permit_max_age):
+                    return self._expired(record, permit, context, attempts, price, latency), False
+            fill = await self.exchange.sell(permit, price, deadline=deadline)
+            if not readable_fill(fill, permit):
+                # The order left and the answer is no fill we can read: it may have executed (issue 11 A.1).
+                raise UnknownOutcome(f"the exchange answered the sell with no readable Fill: {str(fill)[:200]}")
         except JournalError:
             raise  # the order id could not be journaled: the book put the position back to OPEN, nothing sent
         except Exception as err:  # noqa: BLE001 - the answer table says what each class of error means
-            answer = answer_of(err)
-            if answer is SellAnswer.EXPIRED:
-                return self._expired(record, permit, context, attempts, price, latency, str(err)), False
-            rule = SELL_ANSWERS[answer]
-            error = str(err) or f"no answer within {self.timeout}s ({type(err).__name__})"
-            # An unknown outcome's lookup horizon counts from now, when the call that sent it returned: journaled
-            # with the trigger, so a restarted engine counts from the same moment.
-            payload: dict[str, object] = {"error": error, "sent_at": self.clock.wall()}
-            if rule.trigger != "sell_unknown":
-                payload = {"reason": error, "definitely_not_filled": True}
-            self.book.fire(record, rule.trigger, **payload)
-            for effect in rule.effects:
-                self.effects[effect](record.token_id)
-            report = self.report.after(record, rule.trigger, context, between=(permit.shares, None),
-                                       divergence=rule.divergence, shares=permit.share_amount, limit_price=price,
-                                       error=error, error_type=type(err).__name__)
-            return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
-                                     error=error), rule.retryable
+            return self._failed(record, permit, context, err, attempts, price, latency)
         self.metrics.sell_latency_recorder.record(self.clock.monotonic() - started)
         if fill.shares != permit.shares:
             self.report.tell(FILL_MISMATCH, record, context, (permit.shares, fill.shares))
@@ -121,6 +104,35 @@ class Seller:
         self.settlements.follow(record, fill)
         return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
                                  order_id=fill.order_id), False
+
+    def timed_out(self, record: PositionRecord, price: Decimal, attempts: int,
+                  latency: float) -> tuple[ExitResult, bool]:
+        """The sell's deadline struck (the attempt's scope caught it): the answer to a TimeoutError, an unknown outcome
+        for the permit in flight. Its log fields are the sell's own: nothing they read has changed since it began."""
+        permit = record.inflight
+        assert permit is not None, "a sell whose deadline struck holds its permit in flight"
+        return self._failed(record, permit, log_fields(record, latency), TimeoutError(), attempts, price, latency)
+
+    def _failed(self, record: PositionRecord, permit: SellPermit, context: dict[str, object], err: Exception,
+                attempts: int, price: Decimal, latency: float) -> tuple[ExitResult, bool]:
+        answer = answer_of(err)
+        if answer is SellAnswer.EXPIRED:
+            return self._expired(record, permit, context, attempts, price, latency, str(err)), False
+        rule = SELL_ANSWERS[answer]
+        error = str(err) or f"no answer within {self.timeout}s ({type(err).__name__})"
+        # An unknown outcome's lookup horizon counts from now, when the call that sent it returned: journaled
+        # with the trigger, so a restarted engine counts from the same moment.
+        payload: dict[str, object] = {"error": error, "sent_at": self.clock.wall()}
+        if rule.trigger != "sell_unknown":
+            payload = {"reason": error, "definitely_not_filled": True}
+        self.book.fire(record, rule.trigger, **payload)
+        for effect in rule.effects:
+            self.effects[effect](record.token_id)
+        report = self.report.after(record, rule.trigger, context, between=(permit.shares, None),
+                                   divergence=rule.divergence, shares=permit.share_amount, limit_price=price,
+                                   error=error, error_type=type(err).__name__)
+        return self.report.ended(record, report, attempts=attempts, price=price, latency=latency,
+                                 error=error), rule.retryable
 
     def _expired(self, record: PositionRecord, permit: SellPermit, context: dict[str, object], attempts: int,
                  price: Decimal, latency: float, why: str | None = None) -> ExitResult:

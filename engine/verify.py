@@ -36,6 +36,10 @@ class Verifier:
         """Token -> why its market is known closed (the exchange's words)."""
         # Optional (port.py, issue 12): adapters written before it keep working without it.
         self._reserve: Callable[[str], Awaitable[None]] | None = getattr(exchange, "reserve_sell", None)
+        self.reserves = self._reserve is not None
+        """Whether the exchange offers `reserve_sell`: without it an attempt skips `reserve`, which awaits nothing."""
+        self._on_tick: tuple[Decimal, MarketRules] | None = None
+        """The last (price, rules) found on the tick: the exit's own check, asked again by its attempt."""
 
     # -- the sell's slot ---------------------------------------------------------------------------
 
@@ -84,6 +88,23 @@ class Verifier:
 
     def cached_rules(self, token: str) -> MarketRules | None:
         return self._rules.get(token)
+
+    def check_tick(self, price: Decimal, rules: MarketRules) -> None:
+        """`check_tick`, answered at once for the very price and rules objects that passed last: both are immutable,
+        so the answer is the same (an exit checks before its first attempt, which checks again)."""
+        last = self._on_tick
+        if last is not None and last[0] is price and last[1] is rules:
+            return
+        check_tick(price, rules)
+        self._on_tick = price, rules
+
+    def off_tick(self, price: Decimal, rules: MarketRules) -> InvalidValue | None:
+        """The refusal of a price off the rules' tick, returned rather than raised; None when on the tick."""
+        try:
+            self.check_tick(price, rules)
+        except InvalidValue as err:
+            return err
+        return None
 
     def forget_rules(self, token: str) -> None:
         self._rules.pop(token, None)
